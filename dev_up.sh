@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Dev mode in one command: .venv, migrations on SQLite, an S3 endpoint, the bucket, and
+# `dagster dev` on :3000. Re-running is safe; Ctrl-C stops everything this script started.
+# Overrides: DAGSTER_PORT, METADATA_DB_URL, MINIO_ENDPOINT, MINIO_ACCESS_KEY, MINIO_SECRET_KEY, MINIO_BUCKET.
+set -euo pipefail
+cd "$(dirname "$0")"
+root=$(pwd)
+
+say() { echo "dev_up: $*"; }
+die() { echo "dev_up: error: $*" >&2; exit 1; }
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+s3_answers() { curl -s -o /dev/null --max-time 2 "$1"; }
+
+DAGSTER_PORT=${DAGSTER_PORT:-3000}
+port_busy "$DAGSTER_PORT" && die "port $DAGSTER_PORT is busy (another dagster dev?). Stop it, or run DAGSTER_PORT=3001 ./dev_up.sh"
+
+scripts/install.sh
+mkdir -p .local .dagster_home
+[ -f .dagster_home/dagster.yaml ] || printf 'telemetry:\n  enabled: false\n' > .dagster_home/dagster.yaml
+
+# The environment every dev shell shares; the README's "in another shell" step sources it.
+umask 077
+cat > .local/dev.env <<ENV
+export PATH="$root/.venv/bin:\$PATH"
+export DAGSTER_HOME="$root/.dagster_home"
+export METADATA_DB_URL="${METADATA_DB_URL:-sqlite:///$root/.local/metadata.db}"
+export MINIO_ENDPOINT="${MINIO_ENDPOINT:-http://127.0.0.1:9000}"
+export MINIO_ACCESS_KEY="${MINIO_ACCESS_KEY:-minioadmin}"
+export MINIO_SECRET_KEY="${MINIO_SECRET_KEY:-minioadmin}"
+export MINIO_BUCKET="${MINIO_BUCKET:-health-raw}"
+export WORKER_LAUNCH_MODE=subprocess
+# For awscli: the same endpoint and credentials.
+export AWS_ENDPOINT_URL="\$MINIO_ENDPOINT"
+export AWS_ACCESS_KEY_ID="\$MINIO_ACCESS_KEY"
+export AWS_SECRET_ACCESS_KEY="\$MINIO_SECRET_KEY"
+export AWS_DEFAULT_REGION=us-east-1
+ENV
+umask 022
+# shellcheck source=/dev/null
+source .local/dev.env
+say "environment written to .local/dev.env"
+
+started=()
+stop_all() {
+  # A second Ctrl-C must not abandon the children half-stopped; the KILL below bounds the wait.
+  trap '' INT TERM
+  trap - EXIT
+  for pid in "${started[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 30); do
+    alive=0
+    for pid in "${started[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.5
+  done
+  # dagster dev's processes can linger well past a TERM; whatever is left after 15 s is killed.
+  for pid in "${started[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  [ "${#started[@]}" = 0 ] || say "stopped"
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+# Each child runs in its own session (setsid), so stopping its process group stops its children too.
+start_group() { local log=$1; shift; setsid "$@" >>"$log" 2>&1 < /dev/null & started+=("$!"); }
+
+say "migrating the metadata DB"
+alembic upgrade head
+
+if s3_answers "$MINIO_ENDPOINT"; then
+  say "using the S3 endpoint already answering at $MINIO_ENDPOINT"
+else
+  s3_port=$(python -c 'import os, urllib.parse as u; print(u.urlsplit(os.environ["MINIO_ENDPOINT"]).port or 80)')
+  case "$MINIO_ENDPOINT" in
+    http://127.0.0.1:*|http://localhost:*) ;;
+    *) die "nothing answers at MINIO_ENDPOINT=$MINIO_ENDPOINT, and it is not local, so no server can be started for it" ;;
+  esac
+  if command -v minio >/dev/null; then
+    say "starting minio server on :$s3_port (data in .local/minio)"
+    MINIO_ROOT_USER=$MINIO_ACCESS_KEY MINIO_ROOT_PASSWORD=$MINIO_SECRET_KEY \
+      start_group .local/s3.log minio server .local/minio --address "127.0.0.1:$s3_port"
+  else
+    say "starting the embedded S3 server (SeaweedFS) on :$s3_port (data in .local/s3, log .local/s3.log)"
+    start_group .local/s3.log scripts/s3_server.sh .local/s3 "$s3_port"
+  fi
+  for _ in $(seq 1 60); do s3_answers "$MINIO_ENDPOINT" && break; sleep 1; done
+  s3_answers "$MINIO_ENDPOINT" || die "the S3 server did not answer at $MINIO_ENDPOINT within 60 s; see .local/s3.log"
+fi
+# The server answers HTTP a moment before its S3 gateway takes requests: retry briefly.
+for i in $(seq 1 30); do
+  python -m workers.store ensure-bucket && break
+  [ "$i" = 30 ] && die "could not create bucket $MINIO_BUCKET at $MINIO_ENDPOINT"
+  sleep 1
+done
+
+say "starting dagster dev on http://127.0.0.1:$DAGSTER_PORT (log .local/dagster.log)"
+start_group .local/dagster.log dagster dev -m orchestrator.definitions -h 127.0.0.1 -p "$DAGSTER_PORT"
+for _ in $(seq 1 120); do
+  curl -sf "http://127.0.0.1:$DAGSTER_PORT/server_info" >/dev/null && break
+  kill -0 "${started[-1]}" 2>/dev/null || die "dagster dev exited; see .local/dagster.log"
+  sleep 1
+done
+say "UI ready at http://127.0.0.1:$DAGSTER_PORT  (Ctrl-C stops it; in another shell: source .local/dev.env)"
+wait

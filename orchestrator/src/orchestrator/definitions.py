@@ -1,0 +1,11 @@
+"""Composition root: merges each area's definitions and binds the shared resources. No logic."""
+
+import dagster as dg
+
+from orchestrator.defs import resources
+from orchestrator.defs.bootstrap import definitions as bootstrap
+
+defs = dg.Definitions.merge(
+    bootstrap.defs,
+    dg.Definitions(resources={"launcher": resources.launcher_from_env()}),
+)

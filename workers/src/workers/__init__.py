@@ -1,0 +1,1 @@
+"""Intake workers. Each module is one worker: a pure core plus a small main()."""
