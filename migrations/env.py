@@ -9,7 +9,7 @@ from workers.db import Base, make_engine
 from workers.settings import load_settings
 
 if context.config.config_file_name is not None:
-    fileConfig(context.config.config_file_name)
+    fileConfig(context.config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata
 

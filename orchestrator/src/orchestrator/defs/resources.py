@@ -28,12 +28,13 @@ Context = dg.AssetExecutionContext | dg.OpExecutionContext
 
 
 class WorkerLauncher(dg.ConfigurableResource):
-    """Launches `python -m workers.<name> --pipes` through Dagster Pipes.
+    """Launches `python -m <worker_package>.<name> --pipes` through Dagster Pipes.
 
     `mode` is `subprocess` (dev, the default) or `docker` (one image per worker).
     """
 
     mode: str = "subprocess"
+    worker_package: str = "workers"
     image_prefix: str = "health-intake"
     image_tag: str = "latest"
     docker_network: str = ""
@@ -61,7 +62,7 @@ class WorkerLauncher(dg.ConfigurableResource):
     def _launch(self, context: Context, worker: str, extras: Mapping[str, Any] | None):
         if self.mode not in LAUNCH_MODES:
             raise dg.Failure(description=f"WORKER_LAUNCH_MODE must be one of {LAUNCH_MODES}, not {self.mode!r}")
-        command = ["python", "-m", f"workers.{worker}", "--pipes"]
+        command = ["python", "-m", f"{self.worker_package}.{worker}", "--pipes"]
         try:
             if self.mode == "docker":
                 return self._docker_client().run(
@@ -95,7 +96,7 @@ def worker_error(context: Context) -> str | None:
     op_context = getattr(context, "op_execution_context", context)
     step_key = op_context.get_step_execution_context().step.key
     records = context.instance.get_records_for_run(
-        run_id=context.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT
+        run_id=context.run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT
     ).records
     for record in reversed(records):
         event = record.event_log_entry.dagster_event

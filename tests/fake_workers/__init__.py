@@ -1,0 +1,1 @@
+"""Stand-in workers for launcher failure paths: real processes that misbehave on purpose."""

@@ -1,0 +1,108 @@
+"""bootstrap_heartbeat_asset through a real PipesSubprocessClient and real worker processes."""
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from orchestrator.definitions import defs
+from orchestrator.defs.bootstrap.assets import bootstrap_heartbeat_asset
+from orchestrator.defs.resources import WorkerLauncher
+from tests.conftest import REPO
+
+
+def materialize(launcher: WorkerLauncher | None = None) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [bootstrap_heartbeat_asset],
+        resources={"launcher": launcher or WorkerLauncher()},
+        raise_on_error=False,
+    )
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    (failure,) = result.get_step_failure_events()
+    return failure.step_failure_data.error.message
+
+
+def test_definitions_load_with_the_heartbeat_asset():
+    dg.Definitions.validate_loadable(defs)
+    assert dg.AssetKey("bootstrap_heartbeat_asset") in defs.resolve_asset_graph().get_all_asset_keys()
+
+
+def test_asset_reports_the_workers_metadata(platform_env):
+    result = materialize()
+
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("bootstrap_heartbeat_asset")
+    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    engine = sa.create_engine(platform_env.metadata_db_url)
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT id, message FROM bootstrap_heartbeat")).one()
+    engine.dispose()
+    assert metadata["row_id"] == row.id and row.message == "phase0_ok"
+    assert metadata["object_key"] == "bootstrap/hello.txt"
+    assert metadata["db_dialect"] == platform_env.db_dialect
+    assert metadata["endpoint_host"] == platform_env.endpoint_host
+    head = dg_s3_head(platform_env, metadata["object_key"])
+    assert metadata["size_bytes"] == head["ContentLength"]
+    assert len(metadata["sha256"]) == 64
+
+
+def dg_s3_head(settings, key: str) -> dict:
+    from workers.store import make_s3_client
+
+    return make_s3_client(settings).head_object(Bucket=settings.bucket, Key=key)
+
+
+def test_asset_fails_with_the_workers_message_when_the_database_is_unreachable(platform_env, monkeypatch):
+    monkeypatch.setenv("METADATA_DB_URL", "postgresql+psycopg2://intake:SENTINEL-PW@127.0.0.1:1/metadata")
+    result = materialize()
+
+    assert not result.success
+    message = failure_message(result)
+    assert "heartbeat worker failed: metadata database error (postgresql at 127.0.0.1:1/metadata)" in message
+    assert "SENTINEL-PW" not in message
+
+
+def test_asset_fails_with_the_workers_message_when_the_object_store_is_unreachable(platform_env, monkeypatch):
+    monkeypatch.setenv("MINIO_ENDPOINT", "http://127.0.0.1:1")
+    result = materialize()
+
+    assert not result.success
+    assert "heartbeat worker failed: object store unreachable at 127.0.0.1:1" in failure_message(result)
+
+
+@pytest.fixture
+def fake_workers_on_path(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))
+    return WorkerLauncher(worker_package="fake_workers")
+
+
+def test_asset_fails_when_the_worker_exits_without_reporting(platform_env, fake_workers_on_path):
+    launcher = fake_workers_on_path
+    result = dg.materialize(
+        [_asset_running("silent")], resources={"launcher": launcher}, raise_on_error=False
+    )
+    assert not result.success
+    assert "silent worker exited without reporting a result" in failure_message(result)
+
+
+def test_asset_fails_with_the_exit_code_when_the_worker_dies_before_pipes(platform_env, fake_workers_on_path):
+    result = dg.materialize(
+        [_asset_running("crashes")], resources={"launcher": fake_workers_on_path}, raise_on_error=False
+    )
+    assert not result.success
+    assert "crashes worker failed: External execution process failed with code 3" in failure_message(result)
+
+
+def test_an_unknown_launch_mode_is_refused(platform_env):
+    result = materialize(WorkerLauncher(mode="kubernetes"))
+    assert not result.success
+    assert "WORKER_LAUNCH_MODE must be one of" in failure_message(result)
+
+
+def _asset_running(worker: str) -> dg.AssetsDefinition:
+    @dg.asset(name=f"{worker}_asset")
+    def _asset(context: dg.AssetExecutionContext, launcher: WorkerLauncher) -> dg.MaterializeResult:
+        return launcher.materialize(context=context, worker=worker)
+
+    return _asset

@@ -1,0 +1,57 @@
+import pytest
+
+from workers.settings import DEFAULTS, SettingsError, load_settings
+
+
+def test_dev_defaults_apply_when_nothing_is_set():
+    settings = load_settings({})
+    assert settings.metadata_db_url == "sqlite:///.local/metadata.db"
+    assert settings.s3_endpoint == "http://127.0.0.1:9000"
+    assert (settings.s3_access_key, settings.s3_secret_key) == ("minioadmin", "minioadmin")
+    assert settings.bucket == "health-raw"
+
+
+def test_endpoint_host_and_dialect_are_derived():
+    settings = load_settings(
+        {"MINIO_ENDPOINT": "http://minio:9000/", "METADATA_DB_URL": "postgresql+psycopg2://u:p@db/meta"}
+    )
+    assert settings.endpoint_host == "minio:9000"
+    assert settings.db_dialect == "postgresql"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("METADATA_DB_URL", "not a url"),
+        ("METADATA_DB_URL", "mysql://u@h/db"),
+        ("METADATA_DB_URL", "   "),
+        ("MINIO_ENDPOINT", "127.0.0.1:9000"),
+        ("MINIO_ENDPOINT", "http://127.0.0.1:notaport"),
+        ("MINIO_ACCESS_KEY", ""),
+        ("MINIO_SECRET_KEY", ""),
+        ("MINIO_BUCKET", "Health_Raw"),
+        ("MINIO_BUCKET", "x"),
+    ],
+)
+def test_a_bad_setting_fails_with_one_line_naming_the_variable(name, value):
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings({name: value})
+    message = str(excinfo.value)
+    assert message.startswith(name)
+    assert "\n" not in message
+
+
+def test_malformed_values_are_not_echoed_back():
+    secret_looking = "postgresql+psycopg2://user:hunter2@@@/"
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings({"METADATA_DB_URL": "::" + secret_looking})
+    assert "hunter2" not in str(excinfo.value)
+
+
+def test_credentials_stay_out_of_repr():
+    settings = load_settings({"MINIO_ACCESS_KEY": "AKIA-SENTINEL", "MINIO_SECRET_KEY": "s3cr3t-SENTINEL"})
+    assert "SENTINEL" not in repr(settings)
+
+
+def test_every_default_is_a_valid_setting():
+    assert load_settings(DEFAULTS).bucket == DEFAULTS["MINIO_BUCKET"]
