@@ -1,0 +1,142 @@
+"""./dev_up.sh from a fresh copy of the repository, then the README's commands, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, free_port_block, port_is_free
+
+README = (REPO / "README.md").read_text()
+MATERIALIZE = "dagster asset materialize -m orchestrator.definitions --select bootstrap_heartbeat_asset"
+SHOW_ROWS = "python -m workers.tables bootstrap_heartbeat"
+LIST_OBJECTS = "aws s3 ls s3://health-raw/bootstrap/"
+
+pytestmark = pytest.mark.slow
+
+
+def fresh_copy(dest: Path) -> Path:
+    """The files a clone would have (tracked plus new, unignored), without .venv or .local."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def in_dev_shell(copy: Path, command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "-c", f"source .local/dev.env && {command}"],
+        cwd=copy, capture_output=True, text=True, timeout=300,
+    )
+
+
+def graphql(port: int, query: str) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)["data"]
+
+
+class DevUp:
+    def __init__(self, copy: Path, dagster_port: int, s3_port: int):
+        self.copy, self.dagster_port, self.s3_port = copy, dagster_port, s3_port
+        self.log = copy / "dev_up.out"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("METADATA_", "MINIO_", "DAGSTER_"))}
+        self.env = env | {"DAGSTER_PORT": str(dagster_port), "MINIO_ENDPOINT": f"http://127.0.0.1:{s3_port}"}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> float:
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            ["./dev_up.sh"], cwd=self.copy, env=self.env, stdin=subprocess.DEVNULL,
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = started + 900
+        while "UI ready" not in self.log.read_text():
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "dev_up.sh did not bring the UI up in 15 minutes"
+            time.sleep(1)
+        return time.monotonic() - started
+
+    def interrupt(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=60)
+
+    def kill_leftovers(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-KILL", "-f", str(self.copy)], check=False)
+
+
+@pytest.fixture
+def dev_up(tmp_path):
+    copy = fresh_copy(tmp_path / "repo")
+    dagster_port = free_port_block(1)
+    s3_port = free_port_block(1)
+    while not all(port_is_free(p) for p in range(s3_port + 10000, s3_port + 10009)):
+        s3_port = free_port_block(1)
+    platform = DevUp(copy, dagster_port, s3_port)
+    yield platform
+    platform.kill_leftovers()
+
+
+def test_readme_documents_the_commands_this_test_runs():
+    for command in ("./dev_up.sh", "make test", "source .local/dev.env", MATERIALIZE, SHOW_ROWS, LIST_OBJECTS):
+        assert command in README
+
+
+def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
+    seconds = dev_up.start()
+    print(f"fresh ./dev_up.sh to a live UI: {seconds:.0f} s")
+
+    done = in_dev_shell(dev_up.copy, MATERIALIZE)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    rows = in_dev_shell(dev_up.copy, SHOW_ROWS)
+    assert rows.returncode == 0 and "phase0_ok" in rows.stdout
+    objects = in_dev_shell(dev_up.copy, LIST_OBJECTS)
+    assert objects.returncode == 0 and "hello.txt" in objects.stdout, objects.stderr
+
+    # The UI (the webserver's GraphQL) shows the metadata the worker reported.
+    data = graphql(dev_up.dagster_port, """{ assetOrError(assetKey: {path: ["bootstrap_heartbeat_asset"]}) {
+        ... on Asset { assetMaterializations(limit: 1) { metadataEntries { label } } } } }""")
+    (materialization,) = data["assetOrError"]["assetMaterializations"]
+    labels = {entry["label"] for entry in materialization["metadataEntries"]}
+    assert {"row_id", "object_key", "size_bytes", "sha256", "db_dialect", "endpoint_host"} <= labels
+
+    # A second dev_up while the first runs is refused with a clear message.
+    second = subprocess.run(["./dev_up.sh"], cwd=dev_up.copy, env=dev_up.env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1
+    assert f"port {dev_up.dagster_port} is busy" in second.stderr
+
+    assert dev_up.interrupt() != 0
+    assert "dev_up: stopped" in dev_up.log.read_text()
+    assert not listening(dev_up.dagster_port) and not listening(dev_up.s3_port)
+
+    # Re-running is safe: the venv, the DB and the bucket are reused.
+    dev_up.start()
+    again = in_dev_shell(dev_up.copy, MATERIALIZE)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert in_dev_shell(dev_up.copy, SHOW_ROWS).stdout.count("phase0_ok") == 2
+    dev_up.interrupt()
