@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import DateTime, Engine, MetaData, String, create_engine, event
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Stable constraint names, so later migrations can alter constraints by name on both dialects.
@@ -47,3 +59,86 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+class LayoutRegistry(Base):
+    """One row per layout id, synced from the versioned layout_definitions.json; retired, never deleted."""
+
+    __tablename__ = "layout_registry"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    layout_id: Mapped[str] = mapped_column(String(200), unique=True)
+    submitter_id: Mapped[str] = mapped_column(String(200))  # "*" matches every submitter
+    filename_pattern: Mapped[str] = mapped_column(String(500))
+    file_type: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    synced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Submission(Base):
+    """A complete group, registered once per distinct content (grouping_key + content_hash)."""
+
+    __tablename__ = "submission"
+    __table_args__ = (UniqueConstraint("grouping_key", "content_hash"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    submission_id: Mapped[str] = mapped_column(String(64), unique=True)
+    submitter_id: Mapped[str] = mapped_column(String(200), index=True)
+    file_type: Mapped[str] = mapped_column(String(200))
+    grouping_key: Mapped[str] = mapped_column(String(1200), index=True)
+    grouping_method: Mapped[str] = mapped_column(String(40))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    raw_prefix: Mapped[str] = mapped_column(String(1200))
+    manifest_key: Mapped[str] = mapped_column(String(1200))
+    file_count: Mapped[int] = mapped_column(Integer)
+    total_bytes: Mapped[int] = mapped_column(BigInteger)
+    # registered -> staged; manifest_written_at is set once the manifest object exists.
+    status: Mapped[str] = mapped_column(String(40), default="registered")
+    previous_submission_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    manifest_written_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    staged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SubmissionFile(Base):
+    """A data file of a submission; an inbox object version (key + ETag) is registered at most once."""
+
+    __tablename__ = "submission_file"
+    __table_args__ = (UniqueConstraint("inbox_key", "etag"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    submission_id: Mapped[str] = mapped_column(ForeignKey("submission.submission_id"), index=True)
+    inbox_key: Mapped[str] = mapped_column(String(1200))
+    raw_key: Mapped[str] = mapped_column(String(1200), unique=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    etag: Mapped[str] = mapped_column(String(200))
+    file_type: Mapped[str] = mapped_column(String(200))
+    layout_id: Mapped[str | None] = mapped_column(String(200))
+    layout_version: Mapped[int | None] = mapped_column(Integer)
+    classification: Mapped[str] = mapped_column(String(40))  # classified | unknown | ambiguous
+    classification_detail: Mapped[str] = mapped_column(String(1000), default="")
+    staged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class InboxObject(Base):
+    """Every object a submission's registration observed in its group (data files and the marker).
+
+    The marker may be observed by several submissions of one group (late files), so the
+    uniqueness is per submission; "registered once" is submission_file's (inbox_key, etag).
+    """
+
+    __tablename__ = "inbox_object"
+    __table_args__ = (UniqueConstraint("submission_id", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    submission_id: Mapped[str] = mapped_column(ForeignKey("submission.submission_id"), index=True)
+    key: Mapped[str] = mapped_column(String(1200))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    etag: Mapped[str] = mapped_column(String(200))
+    last_modified: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    role: Mapped[str] = mapped_column(String(20))  # data | marker
+    observed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -97,3 +97,73 @@ def _bucket(env: Mapping[str, str]) -> str:
     if not (3 <= len(value) <= 63) or not all(c.islower() or c.isdigit() or c in "-." for c in value):
         raise SettingsError("MINIO_BUCKET is not a valid bucket name (3-63 of a-z, 0-9, '-', '.')")
     return value
+
+
+INTAKE_DEFAULTS = {
+    "INBOX_PREFIX": "inbox/",
+    "GROUP_BY_DEPTH": "3",
+    "MARKER_FILE": "_SUCCESS",
+    "QUIESCENCE_MINUTES": "10",
+    "ABANDONED_UPLOAD_HOURS": "24",
+    "RAW_PREFIX": "raw/",
+    "STAGER_DELETE_INBOX": "true",
+    "CLASSIFIER_IMPL": "submitter_filename",
+}
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    """How drops are laid out and judged complete; not secret, safe to report."""
+
+    inbox_prefix: str
+    group_by_depth: int
+    marker_file: str
+    quiescence_minutes: float
+    abandoned_upload_hours: float
+    raw_prefix: str
+    stager_delete_inbox: bool
+    classifier_impl: str
+
+
+def load_intake_settings(env: Mapping[str, str] | None = None) -> IntakeSettings:
+    env = os.environ if env is None else env
+    get = lambda name: env.get(name, INTAKE_DEFAULTS[name]).strip()  # noqa: E731
+    return IntakeSettings(
+        inbox_prefix=_prefix(get("INBOX_PREFIX"), "INBOX_PREFIX"),
+        group_by_depth=int(_number(get("GROUP_BY_DEPTH"), "GROUP_BY_DEPTH", minimum=1)),
+        marker_file=_filename(get("MARKER_FILE"), "MARKER_FILE"),
+        quiescence_minutes=_number(get("QUIESCENCE_MINUTES"), "QUIESCENCE_MINUTES", minimum=0),
+        abandoned_upload_hours=_number(get("ABANDONED_UPLOAD_HOURS"), "ABANDONED_UPLOAD_HOURS", minimum=0),
+        raw_prefix=_prefix(get("RAW_PREFIX"), "RAW_PREFIX"),
+        stager_delete_inbox=_flag(get("STAGER_DELETE_INBOX"), "STAGER_DELETE_INBOX"),
+        classifier_impl=get("CLASSIFIER_IMPL") or INTAKE_DEFAULTS["CLASSIFIER_IMPL"],
+    )
+
+
+def _prefix(value: str, name: str) -> str:
+    if not value or value.startswith("/") or not value.endswith("/") or "//" in value:
+        raise SettingsError(f"{name} must be a key prefix ending in '/', such as inbox/")
+    return value
+
+
+def _number(value: str, name: str, minimum: float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number") from None
+    if number < minimum or (name == "GROUP_BY_DEPTH" and not number.is_integer()):
+        raise SettingsError(f"{name} must be {'an integer ' if name == 'GROUP_BY_DEPTH' else ''}>= {minimum:g}")
+    return number
+
+
+def _filename(value: str, name: str) -> str:
+    if not value or "/" in value:
+        raise SettingsError(f"{name} must be a plain file name such as _SUCCESS")
+    return value
+
+
+def _flag(value: str, name: str) -> bool:
+    lowered = value.lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise SettingsError(f"{name} must be true or false")
+    return lowered in ("true", "1", "yes")

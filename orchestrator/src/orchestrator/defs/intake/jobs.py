@@ -1,0 +1,60 @@
+"""register_submission_from_group_job: classify, register and stage one complete inbox group."""
+
+import dagster as dg
+from pydantic import Field
+
+from orchestrator.defs.resources import WorkerLauncher
+
+GROUPING_METHODS = ("marker", "quiescence")
+# Reported by the workers as lists; the op shows them as tables, everything else as is.
+TABLE_KEYS = ("file_table",)
+
+
+class GroupConfig(dg.Config):
+    grouping_key: str = Field(description="The group's key prefix, e.g. inbox/acme/unknown/drop-001/")
+    grouping_method: str = Field(default="marker", description="How the group was judged complete: marker or quiescence")
+
+
+@dg.op(out=dg.Out(str, is_required=False, description="The submission to stage"))
+def register_submission_from_group(context: dg.OpExecutionContext, config: GroupConfig, launcher: WorkerLauncher):
+    """Classifier, then registrar: one submission (with its manifest) for the group's new content."""
+    if config.grouping_method not in GROUPING_METHODS:
+        raise dg.Failure(description=f"grouping_method must be one of {GROUPING_METHODS}, not {config.grouping_method!r}")
+    classified = launcher.run(context=context, worker="classifier", extras={"grouping_key": config.grouping_key})
+    extras = {"grouping_key": config.grouping_key, "grouping_method": config.grouping_method, "files": classified["files"]}
+    registered = launcher.run(context=context, worker="registrar", extras=extras)
+    if not registered.get("submission_id"):
+        context.log.warning(f"nothing registered for {config.grouping_key}: {registered.get('reason')}")
+        return
+    yield dg.Output(registered["submission_id"], metadata=as_metadata({**registered, "classification": classified["counts"]}))
+
+
+@dg.op
+def stage_submission(context: dg.OpExecutionContext, submission_id: str, launcher: WorkerLauncher) -> None:
+    """Stager: server-side copies into raw/, each checked against the manifest's SHA-256."""
+    staged = launcher.run(context=context, worker="stager", extras={"submission_id": submission_id})
+    context.add_output_metadata(as_metadata(staged))
+
+
+def as_metadata(report: dict) -> dict:
+    metadata = {k: v for k, v in report.items() if k not in TABLE_KEYS and k != "files"}
+    for key in TABLE_KEYS:
+        if report.get(key):
+            metadata[key] = dg.MetadataValue.md(markdown_table(report[key]))
+    return metadata
+
+
+def markdown_table(rows: list[dict]) -> str:
+    columns = list(rows[0])
+    escape = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(escape(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@dg.job(
+    description="Register one complete inbox group as a submission and stage it into raw/.",
+    tags={"health-intake/pipeline": "intake"},
+)
+def register_submission_from_group_job():
+    stage_submission(register_submission_from_group())

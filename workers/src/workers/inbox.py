@@ -1,0 +1,86 @@
+"""The inbox layout: objects under INBOX_PREFIX, grouped into drops by their first path segments.
+
+`inbox/{submitter_id}/{file_type}/{drop_id}/...` with GROUP_BY_DEPTH=3 gives the grouping key
+`inbox/{submitter_id}/{file_type}/{drop_id}/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class InboxObject:
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime | None = None
+
+    @classmethod
+    def from_listing(cls, entry: dict) -> "InboxObject":
+        return cls(
+            key=entry["Key"],
+            size=int(entry["Size"]),
+            etag=entry["ETag"].strip('"'),
+            last_modified=entry.get("LastModified"),
+        )
+
+
+@dataclass(frozen=True)
+class Group:
+    """A drop: what its grouping key says about who sent it and what it claims to hold."""
+
+    grouping_key: str
+    submitter_id: str
+    declared_file_type: str
+
+    @property
+    def drop_id(self) -> str:
+        return self.grouping_key.rstrip("/").rsplit("/", 1)[-1]
+
+
+def group_of(key: str, inbox_prefix: str, depth: int) -> Group | None:
+    """The group a key belongs to, or None when the key is too shallow to form one."""
+    if not key.startswith(inbox_prefix):
+        return None
+    segments = key[len(inbox_prefix):].split("/")
+    # depth folder segments plus at least a file name; empty segments ("a//b") do not count.
+    if len(segments) <= depth or any(not s for s in segments[:depth]) or not segments[-1]:
+        return None
+    grouping_key = inbox_prefix + "/".join(segments[:depth]) + "/"
+    declared = segments[1] if depth >= 2 else UNKNOWN
+    return Group(grouping_key=grouping_key, submitter_id=segments[0], declared_file_type=declared)
+
+
+def parse_grouping_key(grouping_key: str, inbox_prefix: str, depth: int) -> Group:
+    """The Group for a grouping key given by an operator or the sensor; ValueError when malformed."""
+    group = group_of(grouping_key + "x", inbox_prefix, depth)
+    if group is None or group.grouping_key != grouping_key:
+        raise ValueError(
+            f"grouping_key must look like {inbox_prefix}" + "/".join(f"<segment{i + 1}>" for i in range(depth)) + "/"
+        )
+    return group
+
+
+def list_objects(s3, bucket: str, prefix: str) -> Iterator[InboxObject]:
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for entry in page.get("Contents", ()):
+            yield InboxObject.from_listing(entry)
+
+
+def fingerprint(objects: Iterable[InboxObject]) -> str:
+    """Identity of a group's content: key set, sizes and ETags (not timestamps)."""
+    digest = hashlib.sha256()
+    for obj in sorted(objects, key=lambda o: o.key):
+        digest.update(f"{obj.key}\0{obj.size}\0{obj.etag}\n".encode())
+    return digest.hexdigest()
+
+
+def relative_path(key: str, grouping_key: str) -> str:
+    return key[len(grouping_key):]
