@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from workers.db import make_engine
 from workers.settings import Settings, load_settings
 from workers.store import CLIENT_CONFIG
 
@@ -188,3 +189,22 @@ def platform_env(monkeypatch, migrated_db_url: str, s3_server: S3Server, bucket:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return load_settings()
+
+
+def drop_files(s3, bucket: str, grouping_key: str, files: dict[str, bytes], marker: str | None = "_SUCCESS") -> None:
+    """Puts files into the inbox as a partner would, then the completion marker."""
+    for name, body in files.items():
+        s3.put_object(Bucket=bucket, Key=grouping_key + name, Body=body)
+    if marker:
+        s3.put_object(Bucket=bucket, Key=grouping_key + marker, Body=b"")
+
+
+@pytest.fixture
+def synced_layouts(platform_env: Settings) -> Settings:
+    """platform_env with the packaged layout definitions loaded into layout_registry."""
+    from workers import layouts
+
+    engine = make_engine(platform_env.metadata_db_url)
+    layouts.sync(engine, layouts.parse_definitions(layouts.packaged_definitions())[1])
+    engine.dispose()
+    return platform_env

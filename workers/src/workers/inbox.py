@@ -7,9 +7,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+
+from workers.runtime import WorkerError
+from workers.settings import IntakeSettings
 
 UNKNOWN = "unknown"
 
@@ -84,3 +88,14 @@ def fingerprint(objects: Iterable[InboxObject]) -> str:
 
 def relative_path(key: str, grouping_key: str) -> str:
     return key[len(grouping_key):]
+
+
+def group_from_params(params: Mapping[str, Any], intake: IntakeSettings) -> Group:
+    """The Group named by a worker's grouping_key parameter; WorkerError when absent or malformed."""
+    key = params.get("grouping_key")
+    if not key:
+        raise WorkerError("grouping_key is required (Pipes extras, or --grouping-key when standalone)")
+    try:
+        return parse_grouping_key(key, intake.inbox_prefix, intake.group_by_depth)
+    except ValueError as exc:
+        raise WorkerError(f"grouping_key {key!r} is malformed: {exc}") from None

@@ -1,0 +1,303 @@
+"""Registrar worker: turns a complete, classified group into one submission with its manifest.
+
+Only content not registered before becomes a submission: an inbox object version (key + ETag)
+is registered at most once, so a re-run for the same content returns the same submission and
+adds no rows, and a late file becomes a new submission linked to the group's previous one.
+The submission id is derived from the group and its content, so a re-run after a crash
+rebuilds the same id and the same manifest bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from botocore.exceptions import ClientError
+from sqlalchemy import Engine, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from workers import classifier
+from workers.db import InboxObject as InboxObjectRow
+from workers.db import Submission, SubmissionFile, make_engine, utcnow
+from workers.inbox import UNKNOWN, Group, InboxObject, fingerprint, group_from_params, list_objects, relative_path
+from workers.manifest import Manifest, ManifestFile, manifest_key_for, raw_prefix_for
+from workers.runtime import Metadata, WorkerError, run_worker
+from workers.settings import IntakeSettings, Settings, load_intake_settings
+from workers.store import make_s3_client
+
+GROUPING_METHODS = ("marker", "quiescence")
+HASH_CHUNK = 8 * 1024 * 1024
+HASH_THREADS = 8
+
+
+def submission_id_for(grouping_key: str, content_hash: str) -> str:
+    return "sub-" + hashlib.sha256(f"{grouping_key}\0{content_hash}".encode()).hexdigest()[:24]
+
+
+def submission_file_type(group: Group, files: Sequence[Mapping[str, Any]]) -> str:
+    """The path's declared type wins; under `unknown`, the one type every file classified as, else unknown."""
+    if group.declared_file_type != UNKNOWN:
+        return group.declared_file_type
+    types = {f["file_type"] if f["classification"] == "classified" else UNKNOWN for f in files}
+    return types.pop() if len(types) == 1 else UNKNOWN
+
+
+def sha256_of(s3, bucket: str, key: str, etag: str) -> str:
+    """Streamed SHA-256 of exactly the version classified (If-Match), never the whole file in memory."""
+    body = s3.get_object(Bucket=bucket, Key=key, IfMatch=f'"{etag}"')["Body"]
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: body.read(HASH_CHUNK), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def observed_objects(s3, bucket: str, group: Group, files: Sequence[Mapping[str, Any]], marker: str) -> list[InboxObject]:
+    """The classified files as they are now, plus the marker; refuses if a classified file changed."""
+    current = {obj.key: obj for obj in list_objects(s3, bucket, group.grouping_key)}
+    changed = [f["key"] for f in files if f["key"] not in current or current[f["key"]].etag != f["etag"]]
+    if changed:
+        raise WorkerError(
+            f"{len(changed)} file(s) changed or vanished since classification (first: {changed[0]!r}); "
+            "the sensor will request a run for the new content"
+        )
+    keep = {f["key"] for f in files} | {group.grouping_key + marker}
+    return [obj for key, obj in current.items() if key in keep]
+
+
+def register(
+    *, engine: Engine, s3, bucket: str, intake: IntakeSettings, group: Group, grouping_method: str,
+    files: Sequence[Mapping[str, Any]],
+) -> Metadata:
+    if grouping_method not in GROUPING_METHODS:
+        raise WorkerError(f"grouping_method must be one of {GROUPING_METHODS}, not {grouping_method!r}")
+    observed = observed_objects(s3, bucket, group, files, intake.marker_file)
+    with Session(engine) as session:
+        known = already_registered(session, files)
+    new_files = [f for f in files if (f["key"], f["etag"]) not in known]
+    if not new_files and not known:
+        return {"submission_id": None, "grouping_key": group.grouping_key, "reason": "the group holds no data files"}
+    if new_files:
+        submission_id, created = _register_new(engine, s3, bucket, intake, group, grouping_method, new_files, observed)
+    else:
+        submission_id, created = _latest(engine, set(known.values())), False
+    manifest = ensure_manifest(engine, s3, bucket, submission_id)
+    return report(engine, manifest, created)
+
+
+def already_registered(session: Session, files: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
+    """(inbox_key, etag) -> submission_id for the files some submission already holds."""
+    found: dict[tuple[str, str], str] = {}
+    pairs = [(f["key"], f["etag"]) for f in files]
+    for start in range(0, len(pairs), 500):
+        rows = session.execute(
+            select(SubmissionFile.inbox_key, SubmissionFile.etag, SubmissionFile.submission_id).where(
+                tuple_(SubmissionFile.inbox_key, SubmissionFile.etag).in_(pairs[start:start + 500])
+            )
+        )
+        found.update({(key, etag): sid for key, etag, sid in rows})
+    return found
+
+
+def _latest(engine: Engine, submission_ids: set[str]) -> str:
+    with Session(engine) as session:
+        return session.scalar(
+            select(Submission.submission_id)
+            .where(Submission.submission_id.in_(submission_ids))
+            .order_by(Submission.id.desc())
+        )
+
+
+def _register_new(engine, s3, bucket, intake, group, grouping_method, new_files, observed) -> tuple[str, bool]:
+    new_keys = {f["key"] for f in new_files}
+    content_hash = fingerprint(obj for obj in observed if obj.key in new_keys)
+    submission_id = submission_id_for(group.grouping_key, content_hash)
+    with Session(engine) as session:
+        if session.scalar(select(Submission.id).where(Submission.submission_id == submission_id)):
+            return submission_id, False  # registered by an earlier, interrupted run
+    hashes = hash_files(s3, bucket, new_files)
+    file_type = submission_file_type(group, new_files)
+    raw_prefix = raw_prefix_for(intake.raw_prefix, group.submitter_id, file_type, submission_id)
+    submission = Submission(
+        submission_id=submission_id,
+        submitter_id=group.submitter_id,
+        file_type=file_type,
+        grouping_key=group.grouping_key,
+        grouping_method=grouping_method,
+        content_hash=content_hash,
+        raw_prefix=raw_prefix,
+        manifest_key=manifest_key_for(raw_prefix),
+        file_count=len(new_files),
+        total_bytes=sum(f["size"] for f in new_files),
+        status="registered",
+        previous_submission_id=_previous(engine, group.grouping_key),
+    )
+    rows = [_file_row(submission_id, raw_prefix, group, f, hashes[f["key"]]) for f in new_files]
+    seen = [_seen_row(submission_id, obj, new_keys) for obj in observed if obj.key in new_keys or obj.key == group.grouping_key + intake.marker_file]
+    try:
+        with Session(engine) as session, session.begin():
+            session.add(submission)
+            session.flush()
+            session.add_all(rows + seen)
+    except IntegrityError:
+        # Another registrar committed the same content first: that submission is the one.
+        return _by_content(engine, group.grouping_key, content_hash, new_files), False
+    return submission_id, True
+
+
+def _by_content(engine: Engine, grouping_key: str, content_hash: str, new_files) -> str:
+    with Session(engine) as session:
+        submission_id = session.scalar(
+            select(Submission.submission_id).where(
+                Submission.grouping_key == grouping_key, Submission.content_hash == content_hash
+            )
+        )
+        if submission_id is None:
+            known = already_registered(session, new_files)
+            raise WorkerError(
+                f"{len(known)} of these files were registered concurrently into another submission; "
+                "re-run to register what remains"
+            )
+        return submission_id
+
+
+def _previous(engine: Engine, grouping_key: str) -> str | None:
+    with Session(engine) as session:
+        return session.scalar(
+            select(Submission.submission_id).where(Submission.grouping_key == grouping_key).order_by(Submission.id.desc())
+        )
+
+
+def _file_row(submission_id: str, raw_prefix: str, group: Group, f: Mapping[str, Any], sha256: str) -> SubmissionFile:
+    return SubmissionFile(
+        submission_id=submission_id,
+        inbox_key=f["key"],
+        raw_key=raw_prefix + relative_path(f["key"], group.grouping_key),
+        size_bytes=f["size"],
+        sha256=sha256,
+        etag=f["etag"],
+        file_type=f["file_type"],
+        layout_id=f.get("layout_id"),
+        layout_version=f.get("layout_version"),
+        classification=f["classification"],
+        classification_detail=(f.get("detail") or "")[:1000],
+    )
+
+
+def _seen_row(submission_id: str, obj: InboxObject, data_keys: set[str]) -> InboxObjectRow:
+    return InboxObjectRow(
+        submission_id=submission_id,
+        key=obj.key,
+        size_bytes=obj.size,
+        etag=obj.etag,
+        last_modified=obj.last_modified,
+        role="data" if obj.key in data_keys else "marker",
+    )
+
+
+def hash_files(s3, bucket: str, files: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+        digests = pool.map(lambda f: sha256_of(s3, bucket, f["key"], f["etag"]), files)
+        return {f["key"]: digest for f, digest in zip(files, digests)}
+
+
+def load_manifest(engine: Engine, submission_id: str) -> tuple[Submission, Manifest]:
+    with Session(engine) as session:
+        submission = session.scalar(select(Submission).where(Submission.submission_id == submission_id))
+        files = session.scalars(select(SubmissionFile).where(SubmissionFile.submission_id == submission_id)).all()
+        session.expunge_all()
+    manifest = Manifest(
+        submission_id=submission.submission_id,
+        submitter_id=submission.submitter_id,
+        file_type=submission.file_type,
+        grouping_key=submission.grouping_key,
+        grouping_method=submission.grouping_method,
+        previous_submission_id=submission.previous_submission_id,
+        files=tuple(
+            ManifestFile(
+                inbox_key=f.inbox_key, raw_key=f.raw_key, size_bytes=f.size_bytes, sha256=f.sha256, etag=f.etag,
+                file_type=f.file_type, layout_id=f.layout_id, layout_version=f.layout_version,
+                classification=f.classification, classification_detail=f.classification_detail,
+            )
+            for f in files
+        ),
+    )
+    return submission, manifest
+
+
+def ensure_manifest(engine: Engine, s3, bucket: str, submission_id: str) -> Manifest:
+    """Write the manifest create-only; an existing one must be byte-identical."""
+    submission, manifest = load_manifest(engine, submission_id)
+    if submission.manifest_written_at is not None:
+        return manifest
+    body = manifest.to_bytes()
+    try:
+        s3.put_object(Bucket=bucket, Key=submission.manifest_key, Body=body, IfNoneMatch="*", ContentType="application/json")
+    except ClientError as exc:
+        # 412 is the standard answer; some MinIO releases answered 304 (minio/minio#19442).
+        if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412", "304", "NotModified"):
+            raise
+        existing = s3.get_object(Bucket=bucket, Key=submission.manifest_key)["Body"].read()
+        if existing != body:
+            raise WorkerError(f"a different manifest already exists at {submission.manifest_key}; refusing to overwrite") from None
+    with Session(engine) as session, session.begin():
+        row = session.scalar(select(Submission).where(Submission.submission_id == submission_id))
+        row.manifest_written_at = row.manifest_written_at or utcnow()
+    return manifest
+
+
+def report(engine: Engine, manifest: Manifest, created: bool) -> Metadata:
+    with Session(engine) as session:
+        submission = session.scalar(select(Submission).where(Submission.submission_id == manifest.submission_id))
+        status, raw_prefix, manifest_key = submission.status, submission.raw_prefix, submission.manifest_key
+    return {
+        "submission_id": manifest.submission_id,
+        "created": created,
+        "status": status,
+        "submitter_id": manifest.submitter_id,
+        "file_type": manifest.file_type,
+        "grouping_key": manifest.grouping_key,
+        "grouping_method": manifest.grouping_method,
+        "previous_submission_id": manifest.previous_submission_id or "",
+        "file_count": len(manifest.files),
+        "total_bytes": sum(f.size_bytes for f in manifest.files),
+        "raw_prefix": raw_prefix,
+        "manifest_key": manifest_key,
+        "file_table": [
+            {"inbox_key": f.inbox_key, "raw_key": f.raw_key, "size_bytes": f.size_bytes, "sha256": f.sha256,
+             "classification": f.classification, "file_type": f.file_type}
+            for f in manifest.files
+        ],
+    }
+
+
+def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
+    intake = load_intake_settings()
+    group = group_from_params(params, intake)
+    files = params.get("files")
+    if files is None:
+        # Standalone runs classify the group first, as the job's op does before launching us.
+        files = classifier.work(settings, params)["files"]
+    engine = make_engine(settings.metadata_db_url)
+    try:
+        return register(
+            engine=engine, s3=make_s3_client(settings), bucket=settings.bucket, intake=intake, group=group,
+            grouping_method=params.get("grouping_method") or "marker", files=files,
+        )
+    finally:
+        engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    def arguments(parser):
+        parser.add_argument("--grouping-key", dest="grouping_key", help="required; e.g. inbox/acme/unknown/drop-001/")
+        parser.add_argument("--grouping-method", dest="grouping_method", default="marker", choices=GROUPING_METHODS)
+
+    return run_worker("registrar", work, argv, arguments, description=__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
