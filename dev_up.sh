@@ -35,6 +35,11 @@ export AWS_ACCESS_KEY_ID="\$MINIO_ACCESS_KEY"
 export AWS_SECRET_ACCESS_KEY="\$MINIO_SECRET_KEY"
 export AWS_DEFAULT_REGION=us-east-1
 ENV
+# Intake tuning (README "Intake settings") is recorded only when set, so the defaults stay in one place.
+for name in INBOX_PREFIX GROUP_BY_DEPTH MARKER_FILE QUIESCENCE_MINUTES ABANDONED_UPLOAD_HOURS RAW_PREFIX \
+            STAGER_DELETE_INBOX CLASSIFIER_IMPL SENSOR_INTERVAL_SECONDS; do
+  if [ -n "${!name:-}" ]; then printf 'export %s=%q\n' "$name" "${!name}" >> .local/dev.env; fi
+done
 umask 022
 # shellcheck source=/dev/null
 source .local/dev.env
@@ -64,6 +69,8 @@ start_group() { local log=$1; shift; setsid "$@" >>"$log" 2>&1 < /dev/null & sta
 
 say "migrating the metadata DB"
 alembic upgrade head
+say "syncing the layout registry (the sync_layout_registry asset does the same from the UI)"
+python -m workers.layouts >/dev/null
 
 if s3_answers "$MINIO_ENDPOINT"; then
   say "using the S3 endpoint already answering at $MINIO_ENDPOINT"
@@ -92,7 +99,7 @@ for i in $(seq 1 30); do
 done
 
 say "starting dagster dev on http://127.0.0.1:$DAGSTER_PORT (log .local/dagster.log)"
-start_group .local/dagster.log dagster dev -m orchestrator.definitions -h 127.0.0.1 -p "$DAGSTER_PORT"
+start_group .local/dagster.log dagster dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT"
 for _ in $(seq 1 120); do
   curl -sf "http://127.0.0.1:$DAGSTER_PORT/server_info" >/dev/null && break
   kill -0 "${started[-1]}" 2>/dev/null || die "dagster dev exited; see .local/dagster.log"

@@ -1,0 +1,100 @@
+"""register_submission_from_group_job and sync_layout_registry, in process, with real worker processes."""
+
+import hashlib
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from orchestrator.defs.intake.assets import sync_layout_registry
+from orchestrator.defs.intake.jobs import register_submission_from_group_job
+from orchestrator.defs.resources import WorkerLauncher
+from tests.conftest import REPO, drop_files
+from workers.manifest import Manifest
+
+SEED_RUN_CONFIG = yaml.safe_load((REPO / "examples/register_drop_001.yaml").read_text())
+GROUP = "inbox/acme/unknown/drop-001/"
+
+
+def run_job(run_config: dict) -> dg.ExecuteInProcessResult:
+    return register_submission_from_group_job.execute_in_process(
+        run_config=run_config, resources={"launcher": WorkerLauncher()}, raise_on_error=False
+    )
+
+
+def output_metadata(result: dg.ExecuteInProcessResult, op: str) -> dict:
+    events = [e for e in result.events_for_node(op) if e.event_type_value in ("STEP_OUTPUT", "STEP_SUCCESS")]
+    metadata = {}
+    for event in events:
+        if event.event_type_value == "STEP_OUTPUT":
+            metadata.update({k: v.value for k, v in event.step_output_data.metadata.items()})
+    return metadata
+
+
+def test_sync_layout_registry_reports_what_it_added(platform_env):
+    result = dg.materialize([sync_layout_registry], resources={"launcher": WorkerLauncher()})
+    (materialization,) = result.asset_materializations_for_node("sync_layout_registry")
+    assert materialization.metadata["added"].value >= 5
+    assert materialization.metadata["retired"].value == 0
+
+
+@pytest.mark.parametrize("method", ["marker", "quiescence"])
+def test_the_seed_run_config_registers_and_stages_the_group(synced_layouts, s3_server, method):
+    s3 = s3_server.client()
+    drop_files(s3, synced_layouts.bucket, GROUP, {"medical_claims.csv": b"member,amount\n1,2\n"})
+    config = yaml.safe_load(yaml.safe_dump(SEED_RUN_CONFIG))
+    config["ops"]["register_submission_from_group"]["config"]["grouping_method"] = method
+
+    result = run_job(config)
+
+    assert result.success
+    registered = output_metadata(result, "register_submission_from_group")
+    assert registered["grouping_method"] == method and registered["file_type"] == "medical_claims"
+    assert "medical_claims.csv" in registered["file_table"]
+    sid = registered["submission_id"]
+    manifest = Manifest.from_bytes(s3.get_object(Bucket=synced_layouts.bucket, Key=registered["manifest_key"])["Body"].read())
+    for entry in manifest.files:
+        body = s3.get_object(Bucket=synced_layouts.bucket, Key=entry.raw_key)["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == entry.sha256
+    engine = sa.create_engine(synced_layouts.metadata_db_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT status FROM submission WHERE submission_id = :s"), {"s": sid}).scalar() == "staged"
+    engine.dispose()
+
+
+def test_the_job_twice_for_one_group_registers_once(synced_layouts, s3_server):
+    drop_files(s3_server.client(), synced_layouts.bucket, GROUP, {"medical_claims.csv": b"x\n"})
+    first = output_metadata(run_job(SEED_RUN_CONFIG), "register_submission_from_group")
+    second = run_job(SEED_RUN_CONFIG)
+
+    assert second.success
+    engine = sa.create_engine(synced_layouts.metadata_db_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM submission")).scalar() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM submission_file")).scalar() == 1
+    engine.dispose()
+    assert first["submission_id"]
+
+
+def test_a_malformed_grouping_key_fails_the_run_with_the_workers_reason(synced_layouts):
+    config = {"ops": {"register_submission_from_group": {"config": {"grouping_key": "inbox/acme/", "grouping_method": "marker"}}}}
+    result = run_job(config)
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert "classifier worker failed: grouping_key 'inbox/acme/' is malformed" in failure.step_failure_data.error.message
+
+
+def test_an_unknown_grouping_method_fails_before_any_worker_runs(synced_layouts):
+    config = {"ops": {"register_submission_from_group": {"config": {"grouping_key": GROUP, "grouping_method": "vibes"}}}}
+    result = run_job(config)
+    assert not result.success
+    assert not any("classifier" in (e.message or "") for e in result.all_events if e.event_type_value == "ENGINE_EVENT")
+
+
+def test_raw_objects_are_never_listed_in_file_contents_metadata(synced_layouts, s3_server):
+    secret = b"SENTINEL-PHI-CONTENT 123-45-6789"
+    drop_files(s3_server.client(), synced_layouts.bucket, GROUP, {"medical_claims.csv": secret})
+    result = run_job(SEED_RUN_CONFIG)
+    assert result.success
+    assert all(b"SENTINEL-PHI" not in repr(e).encode() for e in result.all_events)
