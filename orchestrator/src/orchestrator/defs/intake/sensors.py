@@ -1,0 +1,128 @@
+"""inbox_discovery_sensor: notices complete inbox groups and asks for one registration run each.
+
+The decisions live in `workers.discovery` (pure, unit-tested); this module does the listing,
+the logging an operator sees and the RunRequests.
+"""
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from orchestrator.defs.intake import jobs
+from workers import discovery
+from workers.inbox import InboxObject, list_objects
+from workers.settings import IntakeSettings, SettingsError, load_intake_settings, load_settings
+from workers.store import make_s3_client
+
+SHOWN_KEYS = 5
+# Dagster's strict tag value form, so the tags filter and display everywhere.
+STRICT_TAG_VALUE = re.compile(r"[A-Za-z0-9_.-]{0,63}")
+NOT_IN_TAG_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def utc_now() -> datetime:
+    """The sensor's clock: tests replace it to step through quiet windows without waiting."""
+    return datetime.now(timezone.utc)
+
+
+def sensor_interval_seconds(env: Mapping[str, str] = os.environ) -> int:
+    try:
+        seconds = int(env.get("SENSOR_INTERVAL_SECONDS", "30").strip())
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise SettingsError("SENSOR_INTERVAL_SECONDS must be a whole number of seconds >= 1")
+    return seconds
+
+
+@dg.sensor(
+    job=jobs.register_submission_from_group_job,
+    minimum_interval_seconds=sensor_interval_seconds(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Lists the inbox, decides which drops are complete (marker or quiescence) and registers each once.",
+)
+def inbox_discovery_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    intake = load_intake_settings()
+    objects, uploads = look_at_inbox(intake)
+    evaluation = discovery.evaluate(objects, uploads, previous_state(context), utc_now(), intake)
+    report(context.log, evaluation, intake)
+    return dg.SensorResult(
+        run_requests=[run_request(complete) for complete in evaluation.complete],
+        skip_reason=None if evaluation.complete else waiting_summary(evaluation),
+        cursor=discovery.dump_state(evaluation.state),
+    )
+
+
+def look_at_inbox(intake: IntakeSettings) -> tuple[list[InboxObject], list[discovery.Upload]]:
+    """Any S3 error propagates: the tick fails and its cursor is not advanced."""
+    settings = load_settings()
+    s3 = make_s3_client(settings)
+    # Uploads first: one that completes in between is then already among the listed objects,
+    # rather than missing from both listings and letting its group close without it.
+    uploads = discovery.list_uploads(s3, settings.bucket, intake.inbox_prefix)
+    objects = list(list_objects(s3, settings.bucket, intake.inbox_prefix))
+    return objects, uploads
+
+
+def previous_state(context: dg.SensorEvaluationContext) -> dict[str, discovery.Sighting]:
+    try:
+        return discovery.load_state(context.cursor)
+    except ValueError as exc:
+        # Starting afresh only restarts quiet clocks; run keys are deterministic, so nothing registers twice.
+        context.log.warning(f"ignoring unreadable cursor, starting afresh: {exc}")
+        return {}
+
+
+def report(log, evaluation: discovery.Evaluation, intake: IntakeSettings) -> None:
+    if evaluation.shallow_keys:
+        log.warning(
+            f"{len(evaluation.shallow_keys)} inbox object(s) belong to no group (a group needs "
+            f"{intake.group_by_depth} folders under {intake.inbox_prefix}); first: {first(evaluation.shallow_keys)}"
+        )
+    for upload in evaluation.abandoned_uploads:
+        log.warning(
+            f"multipart upload {upload.key!r} (upload id {upload.upload_id}, initiated {upload.initiated.isoformat()}) "
+            f"is older than {intake.abandoned_upload_hours:g} h: treated as abandoned, it no longer holds its group open"
+        )
+    if evaluation.blocked:
+        log.info(f"{len(evaluation.blocked)} group(s) wait for multipart uploads: {first(list(evaluation.blocked))}")
+    if evaluation.complete:
+        keys = [f"{c.group.grouping_key} ({c.method})" for c in evaluation.complete]
+        log.info(f"{len(keys)} group(s) complete: {first(keys)}")
+
+
+def waiting_summary(evaluation: discovery.Evaluation) -> str:
+    pending = sum(not s.requested for s in evaluation.state.values())
+    return f"no group complete: {pending} pending, {len(evaluation.blocked)} waiting for multipart uploads"
+
+
+def first(keys: list[str]) -> str:
+    # repr, so control characters in a partner's key cannot garble the log line.
+    more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
+    return ", ".join(repr(key) for key in keys[:SHOWN_KEYS]) + more
+
+
+def run_request(complete: discovery.CompleteGroup) -> dg.RunRequest:
+    group = complete.group
+    config = {"grouping_key": group.grouping_key, "grouping_method": complete.method}
+    return dg.RunRequest(
+        run_key=complete.run_key,
+        run_config={"ops": {"register_submission_from_group": {"config": config}}},
+        tags={
+            "health-intake/submitter": tag_value(group.submitter_id),
+            "health-intake/drop": tag_value(group.drop_id),
+            "health-intake/grouping-method": complete.method,
+        },
+    )
+
+
+def tag_value(text: str) -> str:
+    """text itself when Dagster's strict form allows it, else a readable stand-in with a hash of it."""
+    if STRICT_TAG_VALUE.fullmatch(text):
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return NOT_IN_TAG_VALUE.sub("_", text)[:54] + "-" + digest

@@ -1,0 +1,327 @@
+"""inbox_discovery_sensor against the real S3 server, one tick at a time through evaluate_tick.
+
+Time: the sensor reads its clock through `sensors.utc_now`; the `clock` fixture replaces that
+function, so a quiet window or an abandoned upload's age passes without waiting. It starts at
+the real time because the S3 server stamps multipart uploads' Initiated with the real time.
+"""
+
+import logging
+import re
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import pytest
+from botocore.exceptions import EndpointConnectionError
+
+from orchestrator.definitions import defs
+from orchestrator.defs.intake import sensors
+from orchestrator.defs.intake.sensors import inbox_discovery_sensor, sensor_interval_seconds
+from tests.conftest import platform_environment
+from workers.discovery import load_state
+from workers.settings import SettingsError
+
+DROP = "inbox/acme/unknown/drop-001/"
+STRICT_TAG_VALUE = re.compile(r"[A-Za-z0-9_.-]{0,63}")
+
+
+class Inbox:
+    def __init__(self, s3, bucket: str):
+        self.s3, self.bucket = s3, bucket
+
+    def put(self, *keys: str, body: bytes = b"id,value\n1,2\n") -> None:
+        for key in keys:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body)
+
+    def start_upload(self, key: str) -> str:
+        """A multipart upload with one part sent and never completed: a partner still uploading."""
+        upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        self.s3.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * 1024)
+        return upload_id
+
+    def complete_upload(self, key: str, upload_id: str) -> None:
+        parts = self.s3.list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id)["Parts"]
+        done = {"Parts": [{"ETag": p["ETag"], "PartNumber": p["PartNumber"]} for p in parts]}
+        self.s3.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload=done)
+
+    def delete(self, *keys: str) -> None:
+        for key in keys:
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
+
+
+class RecordedLog(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def warnings(self, containing: str) -> list[str]:
+        messages = [r.getMessage() for r in self.records if r.levelno == logging.WARNING]
+        return [m for m in messages if containing in m]
+
+
+class Clock:
+    def __init__(self):
+        self.now = datetime.now(timezone.utc)
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+class Ticks:
+    """Evaluates ticks the way the daemon does, each with the cursor the previous one left.
+
+    Each context's logger also writes to `self.log`, so tests read what an operator would see.
+    """
+
+    def __init__(self, instance: dg.DagsterInstance):
+        self.instance, self.cursor = instance, None
+        self.log = RecordedLog()
+
+    def context(self, cursor: str | None = None) -> dg.SensorEvaluationContext:
+        context = dg.build_sensor_context(cursor=cursor, instance=self.instance, definitions=defs)
+        context.log.addHandler(self.log)
+        return context
+
+    def tick(self):
+        result = inbox_discovery_sensor.evaluate_tick(self.context(self.cursor))
+        self.cursor = result.cursor
+        return result
+
+
+@pytest.fixture
+def inbox(monkeypatch, tmp_path, s3_server, bucket) -> Inbox:
+    """The environment the sensor reads, pointed at this test's bucket.
+
+    The sensor never opens the metadata DB, so an SQLite path that is never created stands in for it.
+    """
+    for name, value in platform_environment(f"sqlite:///{tmp_path / 'unused.db'}", s3_server, bucket).items():
+        monkeypatch.setenv(name, value)
+    return Inbox(s3_server.client(), bucket)
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(sensors, "utc_now", lambda: clock.now)
+    return clock
+
+
+@pytest.fixture
+def ticks() -> Ticks:
+    with dg.DagsterInstance.ephemeral() as instance:
+        yield Ticks(instance)
+
+
+def grouping_keys(result) -> list[str]:
+    return [request_config(r)["grouping_key"] for r in result.run_requests]
+
+
+def request_config(request: dg.RunRequest) -> dict:
+    return request.run_config["ops"]["register_submission_from_group"]["config"]
+
+
+def test_the_sensor_is_in_the_definitions_and_runs_by_default():
+    dg.Definitions.validate_loadable(defs)
+    sensor = defs.resolve_sensor_def("inbox_discovery_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.job_name == "register_submission_from_group_job"
+    assert sensor.minimum_interval_seconds == sensor_interval_seconds()
+
+
+def test_the_interval_comes_from_sensor_interval_seconds():
+    assert sensor_interval_seconds({"SENSOR_INTERVAL_SECONDS": "5"}) == 5
+
+
+def test_the_interval_defaults_to_thirty_seconds():
+    assert sensor_interval_seconds({}) == 30
+
+
+def test_a_malformed_interval_names_the_variable():
+    with pytest.raises(SettingsError, match="SENSOR_INTERVAL_SECONDS"):
+        sensor_interval_seconds({"SENSOR_INTERVAL_SECONDS": "soon"})
+
+
+def test_a_marked_group_is_requested_with_its_key_method_and_tags(inbox, clock, ticks):
+    inbox.put(DROP + "a.csv", DROP + "_SUCCESS")
+
+    (request,) = ticks.tick().run_requests
+
+    assert request_config(request) == {"grouping_key": DROP, "grouping_method": "marker"}
+    dg.validate_run_config(defs.resolve_job_def("register_submission_from_group_job"), request.run_config)
+    assert request.tags["health-intake/submitter"] == "acme"
+    assert request.tags["health-intake/drop"] == "drop-001"
+    assert request.run_key.startswith(DROP + "@")
+
+
+def test_calling_the_sensor_directly_returns_the_run_requests_and_cursor(inbox, clock, ticks):
+    inbox.put(DROP + "_SUCCESS")
+
+    result = inbox_discovery_sensor(ticks.context())
+
+    assert isinstance(result, dg.SensorResult)
+    assert [request_config(r)["grouping_key"] for r in result.run_requests] == [DROP]
+    assert load_state(result.cursor)[DROP].requested
+
+
+def test_a_tick_without_complete_groups_says_what_it_waits_for(inbox, clock, ticks):
+    inbox.put(DROP + "a.csv", "inbox/beta/lab/d2/_SUCCESS")
+    inbox.start_upload("inbox/beta/lab/d2/big.bin")
+
+    assert ticks.tick().skip_message == "no group complete: 2 pending, 1 waiting for multipart uploads"
+
+
+def test_a_quiet_group_is_requested_after_the_quiescence_minutes(inbox, clock, ticks):
+    inbox.put(DROP + "a.csv", DROP + "b.csv")
+    assert ticks.tick().run_requests == []
+
+    clock.advance(minutes=10)
+    (request,) = ticks.tick().run_requests
+
+    assert request_config(request) == {"grouping_key": DROP, "grouping_method": "quiescence"}
+
+
+def test_a_file_added_during_the_quiet_window_restarts_it(inbox, clock, ticks):
+    inbox.put(DROP + "a.csv")
+    ticks.tick()
+    clock.advance(minutes=6)
+    inbox.put(DROP + "b.csv")
+    assert ticks.tick().run_requests == []
+
+    clock.advance(minutes=6)
+    assert ticks.tick().run_requests == []
+    clock.advance(minutes=4)
+    assert grouping_keys(ticks.tick()) == [DROP]
+
+
+def test_an_upload_in_progress_holds_a_marked_group_open(inbox, clock, ticks):
+    inbox.put(DROP + "a.csv", DROP + "_SUCCESS")
+    inbox.start_upload(DROP + "big.bin")
+
+    assert ticks.tick().run_requests == []
+    clock.advance(hours=2)
+    assert ticks.tick().run_requests == []
+
+
+def test_a_completed_upload_releases_its_group(inbox, clock, ticks):
+    inbox.put(DROP + "_SUCCESS")
+    upload_id = inbox.start_upload(DROP + "big.bin")
+    ticks.tick()
+
+    inbox.complete_upload(DROP + "big.bin", upload_id)
+
+    assert grouping_keys(ticks.tick()) == [DROP]
+
+
+def test_an_upload_older_than_the_abandoned_hours_no_longer_holds_the_group(inbox, clock, ticks):
+    inbox.put(DROP + "_SUCCESS")
+    upload_id = inbox.start_upload(DROP + "big.bin")
+    clock.advance(hours=24, minutes=1)
+
+    result = ticks.tick()
+
+    assert grouping_keys(result) == [DROP]
+    (warning,) = ticks.log.warnings("abandoned")
+    assert repr(DROP + "big.bin") in warning and upload_id in warning
+
+
+def test_a_late_file_gets_a_new_run_key(inbox, clock, ticks):
+    inbox.put(DROP + "a.csv", DROP + "_SUCCESS")
+    (first,) = ticks.tick().run_requests
+
+    inbox.put(DROP + "late.csv")
+    (late,) = ticks.tick().run_requests
+
+    assert request_config(late)["grouping_key"] == DROP
+    assert late.run_key != first.run_key
+
+
+def test_the_next_tick_does_not_request_the_same_content_again(inbox, clock, ticks):
+    inbox.put(DROP + "a.csv", DROP + "_SUCCESS")
+    ticks.tick()
+    clock.advance(hours=1)
+
+    assert ticks.tick().run_requests == []
+
+
+def test_a_re_evaluated_tick_gives_the_same_run_keys(inbox, clock, ticks):
+    """The daemon may evaluate a tick again with the same cursor; equal run keys make it register once."""
+    inbox.put(DROP + "a.csv", DROP + "_SUCCESS", "inbox/beta/lab/d2/_SUCCESS")
+    cursor = ticks.cursor
+
+    first = inbox_discovery_sensor.evaluate_tick(ticks.context(cursor))
+    again = inbox_discovery_sensor.evaluate_tick(ticks.context(cursor))
+
+    assert sorted(r.run_key for r in again.run_requests) == sorted(r.run_key for r in first.run_requests)
+    assert len(first.run_requests) == 2
+
+
+def test_shallow_keys_are_warned_about_every_tick(inbox, clock, ticks):
+    inbox.put("inbox/top.csv", "inbox/acme/x.csv", DROP + "_SUCCESS")
+
+    ticks.tick()
+    ticks.tick()
+
+    shallow = ticks.log.warnings("belong to no group")
+    assert len(shallow) == 2
+    assert shallow[0].startswith("2 inbox object(s)")
+    assert "'inbox/acme/x.csv'" in shallow[0] and "'inbox/top.csv'" in shallow[0]
+
+
+def test_odd_keys_keep_their_grouping_key_and_get_valid_tags(inbox, clock, ticks):
+    odd = "inbox/açme corp/+%20/dröp\x01 1+%/"
+    inbox.put(odd + "файл name+%.csv", odd + "_SUCCESS", "inbox/x y/\x7f/%2F/_SUCCESS")
+
+    result = ticks.tick()
+
+    assert sorted(grouping_keys(result)) == sorted([odd, "inbox/x y/\x7f/%2F/"])
+    for request in result.run_requests:
+        assert STRICT_TAG_VALUE.fullmatch(request.tags["health-intake/submitter"])
+        assert STRICT_TAG_VALUE.fullmatch(request.tags["health-intake/drop"])
+    assert load_state(result.cursor)[odd].requested
+
+
+def test_distinct_odd_ids_get_distinct_tag_values():
+    assert sensors.tag_value("açme") != sensors.tag_value("acme") != sensors.tag_value("a_me")
+    assert sensors.tag_value("drop-001") == "drop-001"
+    assert len(sensors.tag_value("ü" * 200)) <= 63
+
+
+def test_fifty_groups_at_once_are_each_requested_once(inbox, clock, ticks):
+    keys = [f"inbox/partner-{i % 5}/claims/drop-{i:03d}/" for i in range(50)]
+    inbox.put(*[key + "_SUCCESS" for key in keys])
+
+    result = ticks.tick()
+
+    assert sorted(grouping_keys(result)) == sorted(keys)
+    assert len({r.run_key for r in result.run_requests}) == 50
+    assert ticks.tick().run_requests == []
+
+
+def test_groups_no_longer_in_the_inbox_leave_the_cursor(inbox, clock, ticks):
+    inbox.put(DROP + "_SUCCESS", "inbox/beta/lab/d2/a.csv")
+    ticks.tick()
+
+    inbox.delete(DROP + "_SUCCESS")
+    ticks.tick()
+
+    assert list(load_state(ticks.cursor)) == ["inbox/beta/lab/d2/"]
+
+
+def test_an_unreadable_cursor_is_warned_about_and_replaced(inbox, clock, ticks):
+    inbox.put(DROP + "_SUCCESS")
+
+    result = inbox_discovery_sensor.evaluate_tick(ticks.context("not a cursor"))
+
+    assert grouping_keys(result) == [DROP]
+    assert ticks.log.warnings("unreadable cursor")
+
+
+def test_an_unreachable_object_store_fails_the_tick(inbox, clock, ticks, monkeypatch):
+    """A raising evaluation is a failed tick: the daemon keeps the previous cursor and requests nothing."""
+    inbox.put(DROP + "_SUCCESS")
+    monkeypatch.setenv("MINIO_ENDPOINT", "http://127.0.0.1:1")
+
+    with pytest.raises(EndpointConnectionError):
+        ticks.tick()
