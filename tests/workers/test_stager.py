@@ -1,0 +1,357 @@
+"""The stager against a real S3 server and both metadata databases.
+
+The registered state (inbox objects, submission rows, manifest) is built here directly with the
+ORM models and `Manifest`, standing in for the registrar.
+"""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from workers.db import InboxObject, Submission, SubmissionFile, make_engine, utcnow
+from workers.manifest import Manifest, ManifestFile, manifest_key_for, raw_prefix_for
+from workers.runtime import WorkerError
+from workers.stager import stage_submission, work
+from workers.store import make_s3_client
+
+GROUP = "inbox/acme/claims/drop-001/"
+MARKER = GROUP + "_SUCCESS"
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Registered:
+    submission_id: str
+    raw_prefix: str
+    manifest_key: str
+    files: dict[str, bytes]  # raw key -> the bytes registered
+    inbox_keys: dict[str, str]  # raw key -> inbox key
+
+    @property
+    def raw_keys(self) -> list[str]:
+        return sorted(self.files)
+
+
+@pytest.fixture
+def register(platform_env):
+    """Put a drop into the inbox and record it as the registrar would: rows, then the manifest."""
+    s3 = make_s3_client(platform_env)
+    engine = make_engine(platform_env.metadata_db_url)
+
+    def _register(contents: dict[str, bytes], write_manifest: bool = True) -> Registered:
+        submission_id = f"sub-{uuid.uuid4().hex[:16]}"
+        raw_prefix = raw_prefix_for("raw/", "acme", "claims", submission_id)
+        entries = []
+        for name, body in sorted(contents.items()):
+            etag = s3.put_object(Bucket=platform_env.bucket, Key=GROUP + name, Body=body)["ETag"].strip('"')
+            entries.append(ManifestFile(
+                inbox_key=GROUP + name, raw_key=raw_prefix + name, size_bytes=len(body),
+                sha256=hashlib.sha256(body).hexdigest(), etag=etag, file_type="claims",
+                layout_id="acme-claims", layout_version=1, classification="classified", classification_detail="",
+            ))
+        marker_etag = s3.put_object(Bucket=platform_env.bucket, Key=MARKER, Body=b"")["ETag"].strip('"')
+        manifest = Manifest(submission_id, "acme", "claims", GROUP, "marker", None, tuple(entries))
+        with Session(engine) as session, session.begin():
+            session.add(Submission(
+                submission_id=submission_id, submitter_id="acme", file_type="claims", grouping_key=GROUP,
+                grouping_method="marker", content_hash=hashlib.sha256(manifest.to_bytes()).hexdigest(),
+                raw_prefix=raw_prefix, manifest_key=manifest_key_for(raw_prefix), file_count=len(entries),
+                total_bytes=sum(len(b) for b in contents.values()), status="registered",
+            ))
+            session.flush()
+            for f in entries:
+                session.add(SubmissionFile(
+                    submission_id=submission_id, inbox_key=f.inbox_key, raw_key=f.raw_key, size_bytes=f.size_bytes,
+                    sha256=f.sha256, etag=f.etag, file_type=f.file_type, layout_id=f.layout_id,
+                    layout_version=f.layout_version, classification=f.classification,
+                ))
+                session.add(InboxObject(submission_id=submission_id, key=f.inbox_key, size_bytes=f.size_bytes,
+                                        etag=f.etag, role="data"))
+            session.add(InboxObject(submission_id=submission_id, key=MARKER, size_bytes=0, etag=marker_etag,
+                                    role="marker"))
+        if write_manifest:
+            s3.put_object(Bucket=platform_env.bucket, Key=manifest_key_for(raw_prefix), Body=manifest.to_bytes())
+            with Session(engine) as session, session.begin():
+                session.execute(sa.update(Submission).where(Submission.submission_id == submission_id)
+                                .values(manifest_written_at=utcnow()))
+        return Registered(
+            submission_id, raw_prefix, manifest_key_for(raw_prefix),
+            {raw_prefix + name: body for name, body in contents.items()},
+            {raw_prefix + name: GROUP + name for name in contents},
+        )
+
+    yield _register
+    engine.dispose()
+
+
+def stage(settings, registered: Registered, **options):
+    engine = make_engine(settings.metadata_db_url)
+    try:
+        return stage_submission(
+            engine=engine, s3=make_s3_client(settings), bucket=settings.bucket,
+            submission_id=registered.submission_id, raw_root="raw/", **{"delete_inbox": True, **options},
+        )
+    finally:
+        engine.dispose()
+
+
+def some_files(count: int, size: int = 1000) -> dict[str, bytes]:
+    return {f"part-{i:03d}.csv": os.urandom(size) for i in range(count)}
+
+
+def read(settings, key: str) -> bytes:
+    return make_s3_client(settings).get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+
+
+def keys_under(settings, prefix: str) -> list[str]:
+    pages = make_s3_client(settings).get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def staged_at_by_raw_key(settings, submission_id: str) -> dict:
+    engine = sa.create_engine(settings.metadata_db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(SubmissionFile.raw_key, SubmissionFile.staged_at)
+                            .where(SubmissionFile.submission_id == submission_id)).all()
+    engine.dispose()
+    return dict(rows)
+
+
+def submission_row(settings, submission_id: str):
+    engine = sa.create_engine(settings.metadata_db_url)
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(Submission.status, Submission.staged_at)
+                           .where(Submission.submission_id == submission_id)).one()
+    engine.dispose()
+    return row
+
+
+def removed_at_by_key(settings, submission_id: str) -> dict:
+    engine = sa.create_engine(settings.metadata_db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(InboxObject.key, InboxObject.removed_at)
+                            .where(InboxObject.submission_id == submission_id)).all()
+    engine.dispose()
+    return dict(rows)
+
+
+def run_stager(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workers.stager", *args],
+                          env=dict(os.environ), capture_output=True, text=True, timeout=300)
+
+
+def test_stages_every_file_with_the_sha256_the_manifest_records(platform_env, register):
+    registered = register(some_files(5))
+
+    result = stage(platform_env, registered, delete_inbox=False)
+
+    manifest = Manifest.from_bytes(read(platform_env, registered.manifest_key))
+    for f in manifest.files:
+        assert hashlib.sha256(read(platform_env, f.raw_key)).hexdigest() == f.sha256
+    assert all(staged_at_by_raw_key(platform_env, registered.submission_id).values())
+    status, staged_at = submission_row(platform_env, registered.submission_id)
+    assert (status, staged_at is not None) == ("staged", True)
+    assert (result["status"], result["files_copied"], result["files_already_staged"]) == ("staged", 5, 0)
+    assert result["bytes_copied"] == 5000
+    by_raw_key = sorted(manifest.files, key=lambda f: f.raw_key)
+    assert result["file_table"] == [
+        {"key": f.raw_key, "size_bytes": f.size_bytes, "sha256": f.sha256} for f in by_raw_key
+    ]
+
+
+def test_an_existing_raw_object_with_different_bytes_is_refused_and_left_unchanged(platform_env, register):
+    registered = register(some_files(3))
+    squatter = registered.raw_keys[1]
+    make_s3_client(platform_env).put_object(Bucket=platform_env.bucket, Key=squatter, Body=b"other bytes")
+
+    with pytest.raises(WorkerError, match=f"raw object {squatter} already exists with different bytes"):
+        stage(platform_env, registered)
+
+    assert read(platform_env, squatter) == b"other bytes"
+    assert staged_at_by_raw_key(platform_env, registered.submission_id)[squatter] is None
+    assert submission_row(platform_env, registered.submission_id).status == "registered"
+    assert keys_under(platform_env, GROUP) == sorted([*registered.inbox_keys.values(), MARKER])
+
+
+def test_a_resumed_run_keeps_files_already_staged_and_copies_the_rest(platform_env, register):
+    registered = register(some_files(4))
+    marked, copied_unmarked = registered.raw_keys[:2]
+    s3 = make_s3_client(platform_env)
+    for key in (marked, copied_unmarked):
+        s3.copy_object(Bucket=platform_env.bucket, Key=key,
+                       CopySource={"Bucket": platform_env.bucket, "Key": registered.inbox_keys[key]})
+    engine = make_engine(platform_env.metadata_db_url)
+    with Session(engine) as session, session.begin():
+        session.execute(sa.update(SubmissionFile).where(SubmissionFile.raw_key == marked).values(staged_at=utcnow()))
+    engine.dispose()
+
+    result = stage(platform_env, registered)
+
+    assert (result["files_copied"], result["files_already_staged"]) == (2, 2)
+    assert result["bytes_copied"] == 2000
+    assert all(staged_at_by_raw_key(platform_env, registered.submission_id).values())
+    for key, body in registered.files.items():
+        assert read(platform_env, key) == body
+
+
+def test_a_run_killed_mid_way_is_finished_by_the_next_run(platform_env, register):
+    registered = register(some_files(80, size=256 * 1024))
+    engine = sa.create_engine(platform_env.metadata_db_url)
+    staged_count = sa.select(sa.func.count()).select_from(SubmissionFile).where(
+        SubmissionFile.submission_id == registered.submission_id, SubmissionFile.staged_at.is_not(None))
+
+    worker = subprocess.Popen([sys.executable, "-m", "workers.stager", "--submission-id", registered.submission_id],
+                              env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while worker.poll() is None:
+            with engine.connect() as conn:
+                if conn.execute(staged_count).scalar_one() > 0:
+                    break
+        worker.send_signal(signal.SIGKILL)
+    finally:
+        worker.wait()
+    with engine.connect() as conn:
+        staged_before = conn.execute(staged_count).scalar_one()
+    engine.dispose()
+    assert worker.returncode == -signal.SIGKILL, "the stager finished before it could be killed"
+    assert 0 < staged_before < 80
+
+    done = run_stager("--submission-id", registered.submission_id)
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["files_copied"] + result["files_already_staged"] == 80
+    assert result["files_already_staged"] >= staged_before
+    assert keys_under(platform_env, registered.raw_prefix) == sorted([*registered.raw_keys, registered.manifest_key])
+    for key, body in registered.files.items():
+        assert hashlib.sha256(read(platform_env, key)).hexdigest() == hashlib.sha256(body).hexdigest()
+    assert all(staged_at_by_raw_key(platform_env, registered.submission_id).values())
+    assert submission_row(platform_env, registered.submission_id).status == "staged"
+
+
+def test_a_file_above_the_multipart_threshold_is_copied_in_parts(platform_env, register):
+    registered = register({"big.csv": os.urandom(20 * MiB)})
+    s3 = make_s3_client(platform_env)
+    part_copies = []
+    s3.meta.events.register("before-call.s3.UploadPartCopy", lambda **kwargs: part_copies.append(1))
+    engine = make_engine(platform_env.metadata_db_url)
+
+    result = stage_submission(engine=engine, s3=s3, bucket=platform_env.bucket, submission_id=registered.submission_id,
+                              raw_root="raw/", delete_inbox=False, multipart_threshold=8 * MiB)
+    engine.dispose()
+
+    assert len(part_copies) == 3
+    (key,) = registered.raw_keys
+    assert hashlib.sha256(read(platform_env, key)).hexdigest() == hashlib.sha256(registered.files[key]).hexdigest()
+    assert result["bytes_copied"] == 20 * MiB
+
+
+def test_inbox_objects_are_removed_once_staged(platform_env, register):
+    registered = register(some_files(3))
+
+    result = stage(platform_env, registered, delete_inbox=True)
+
+    assert keys_under(platform_env, GROUP) == []
+    assert result["inbox_objects_removed"] == 4
+    assert all(removed_at_by_key(platform_env, registered.submission_id).values())
+
+
+def test_inbox_objects_stay_when_stager_delete_inbox_is_false(platform_env, register, monkeypatch):
+    registered = register(some_files(3))
+    monkeypatch.setenv("STAGER_DELETE_INBOX", "false")
+
+    result = work(platform_env, {"submission_id": registered.submission_id})
+
+    assert keys_under(platform_env, GROUP) == sorted([*registered.inbox_keys.values(), MARKER])
+    assert result["inbox_objects_removed"] == 0
+    assert not any(removed_at_by_key(platform_env, registered.submission_id).values())
+
+
+def test_an_inbox_object_reuploaded_with_different_bytes_after_staging_is_not_removed(platform_env, register):
+    registered = register(some_files(3))
+    stage(platform_env, registered, delete_inbox=False)
+    reuploaded = registered.inbox_keys[registered.raw_keys[0]]
+    make_s3_client(platform_env).put_object(Bucket=platform_env.bucket, Key=reuploaded, Body=b"a corrected file")
+
+    result = stage(platform_env, registered, delete_inbox=True)
+
+    assert keys_under(platform_env, GROUP) == [reuploaded]
+    assert read(platform_env, reuploaded) == b"a corrected file"
+    assert (result["inbox_objects_removed"], result["inbox_objects_kept_changed"]) == (3, 1)
+    removed = removed_at_by_key(platform_env, registered.submission_id)
+    assert removed.pop(reuploaded) is None
+    assert all(removed.values())
+
+
+def test_an_inbox_object_reuploaded_before_staging_is_refused_not_copied(platform_env, register):
+    registered = register(some_files(2))
+    changed_raw_key = registered.raw_keys[0]
+    make_s3_client(platform_env).put_object(
+        Bucket=platform_env.bucket, Key=registered.inbox_keys[changed_raw_key], Body=b"different bytes")
+
+    with pytest.raises(WorkerError, match="changed since registration"):
+        stage(platform_env, registered)
+
+    assert changed_raw_key not in keys_under(platform_env, registered.raw_prefix)
+    assert submission_row(platform_env, registered.submission_id).status == "registered"
+
+
+def test_staging_a_staged_submission_is_a_noop_success(platform_env, register):
+    registered = register(some_files(3))
+    stage(platform_env, registered)
+    first_staged_at = staged_at_by_raw_key(platform_env, registered.submission_id)
+
+    result = stage(platform_env, registered)
+
+    assert (result["status"], result["files_copied"], result["files_already_staged"]) == ("staged", 0, 3)
+    assert (result["bytes_copied"], result["inbox_objects_removed"]) == (0, 0)
+    assert staged_at_by_raw_key(platform_env, registered.submission_id) == first_staged_at
+
+
+def test_a_manifest_that_disagrees_with_the_registered_files_is_refused(platform_env, register):
+    registered = register(some_files(2))
+    engine = make_engine(platform_env.metadata_db_url)
+    with Session(engine) as session, session.begin():
+        session.execute(sa.update(SubmissionFile).where(SubmissionFile.raw_key == registered.raw_keys[1])
+                        .values(sha256="0" * 64))
+    engine.dispose()
+
+    with pytest.raises(WorkerError, match=f"disagrees with the registered files.*first {registered.raw_keys[1]}"):
+        stage(platform_env, registered)
+
+    assert keys_under(platform_env, registered.raw_prefix) == [registered.manifest_key]
+
+
+def test_a_submission_whose_manifest_is_not_written_yet_is_refused(platform_env, register):
+    registered = register(some_files(1), write_manifest=False)
+
+    with pytest.raises(WorkerError, match="has no manifest yet"):
+        stage(platform_env, registered)
+
+    assert keys_under(platform_env, "raw/") == []
+
+
+def test_an_unknown_submission_exits_nonzero_naming_it(platform_env):
+    done = run_stager("--submission-id", "sub-missing")
+
+    assert done.returncode == 1
+    assert done.stderr.strip() == "stager: error: unknown submission 'sub-missing'"
+    assert done.stdout == ""
+
+
+def test_help_explains_the_arguments():
+    done = subprocess.run([sys.executable, "-m", "workers.stager", "--help"],
+                          capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0
+    assert "--submission-id" in done.stdout
+    assert "STAGER_DELETE_INBOX" in done.stdout
