@@ -88,8 +88,11 @@ else
     say "starting the embedded S3 server (SeaweedFS) on :$s3_port (data in .local/s3, log .local/s3.log)"
     start_group .local/s3.log scripts/s3_server.sh .local/s3 "$s3_port"
   fi
-  for _ in $(seq 1 60); do s3_answers "$MINIO_ENDPOINT" && break; sleep 1; done
-  s3_answers "$MINIO_ENDPOINT" || die "the S3 server did not answer at $MINIO_ENDPOINT within 60 s; see .local/s3.log"
+  for _ in $(seq 1 120); do s3_answers "$MINIO_ENDPOINT" && break; sleep 1; done
+  if ! s3_answers "$MINIO_ENDPOINT"; then
+    tail -n 5 .local/s3.log >&2
+    die "the S3 server did not answer at $MINIO_ENDPOINT within 120 s; see .local/s3.log"
+  fi
 fi
 # The server answers HTTP a moment before its S3 gateway takes requests: retry briefly.
 for i in $(seq 1 30); do

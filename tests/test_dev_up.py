@@ -20,6 +20,12 @@ README = (REPO / "README.md").read_text()
 MATERIALIZE = "dagster asset materialize -m orchestrator.definitions --select bootstrap_heartbeat_asset"
 SHOW_ROWS = "python -m workers.tables bootstrap_heartbeat"
 LIST_OBJECTS = "aws s3 ls s3://health-raw/bootstrap/"
+DROP = (
+    "aws s3 cp examples/drop-001/medical_claims.csv s3://health-raw/inbox/acme/unknown/drop-001/medical_claims.csv",
+    "aws s3 cp examples/_SUCCESS s3://health-raw/inbox/acme/unknown/drop-001/_SUCCESS",
+)
+SHOW_SUBMISSIONS = "python -m workers.tables submission"
+LIST_RAW = "aws s3 ls --recursive s3://health-raw/raw/acme/"
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +69,11 @@ class DevUp:
         self.copy, self.dagster_port, self.s3_port = copy, dagster_port, s3_port
         self.log = copy / "dev_up.out"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("METADATA_", "MINIO_", "DAGSTER_"))}
-        self.env = env | {"DAGSTER_PORT": str(dagster_port), "MINIO_ENDPOINT": f"http://127.0.0.1:{s3_port}"}
+        self.env = env | {
+            "DAGSTER_PORT": str(dagster_port),
+            "MINIO_ENDPOINT": f"http://127.0.0.1:{s3_port}",
+            "SENSOR_INTERVAL_SECONDS": "5",
+        }
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> float:
@@ -102,7 +112,8 @@ def dev_up(tmp_path):
 
 
 def test_readme_documents_the_commands_this_test_runs():
-    for command in ("./dev_up.sh", "make test", "source .local/dev.env", MATERIALIZE, SHOW_ROWS, LIST_OBJECTS):
+    for command in ("./dev_up.sh", "make test", "source .local/dev.env", MATERIALIZE, SHOW_ROWS, LIST_OBJECTS,
+                    *DROP, SHOW_SUBMISSIONS, LIST_RAW):
         assert command in README
 
 
@@ -124,6 +135,16 @@ def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
     (materialization,) = data["assetOrError"]["assetMaterializations"]
     labels = {entry["label"] for entry in materialization["metadataEntries"]}
     assert {"row_id", "object_key", "size_bytes", "sha256", "db_dialect", "endpoint_host"} <= labels
+
+    # A drop with its marker ends staged with no other action: the sensor runs by default.
+    for command in DROP:
+        assert in_dev_shell(dev_up.copy, command).returncode == 0
+    deadline = time.monotonic() + 300
+    while not any(" staged " in row for row in in_dev_shell(dev_up.copy, SHOW_SUBMISSIONS).stdout.splitlines()[2:]):
+        assert time.monotonic() < deadline, (dev_up.copy / ".local/dagster.log").read_text()[-4000:]
+        time.sleep(3)
+    raw = in_dev_shell(dev_up.copy, LIST_RAW).stdout
+    assert "medical_claims.csv" in raw and "_manifest.generated.json" in raw
 
     # A second dev_up while the first runs is refused with a clear message.
     second = subprocess.run(["./dev_up.sh"], cwd=dev_up.copy, env=dev_up.env, capture_output=True, text=True, timeout=120)

@@ -230,7 +230,8 @@ def clean_inbox(engine: Engine, s3, bucket: str, submission_id: str) -> tuple[in
             select(InboxObject).where(InboxObject.submission_id == submission_id, InboxObject.removed_at.is_(None))
         ).all()
     removed = kept = 0
-    for obj in pending:
+    # The marker goes first: a group caught half-removed must not look complete to the sensor.
+    for obj in sorted(pending, key=lambda o: o.role != "marker"):
         if remove_if_unchanged(s3, bucket, obj.key, bare(obj.etag)):
             mark_inbox_removed(engine, obj.id)
             removed += 1
