@@ -5,3 +5,10 @@
 test:
 	./scripts/install.sh
 	.venv/bin/python -m pytest
+
+.PHONY: lint
+# ruff's checks and formatter (the test suite runs the same).
+lint:
+	./scripts/install.sh
+	.venv/bin/python -m ruff check .
+	.venv/bin/python -m ruff format --check .

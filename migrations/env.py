@@ -3,8 +3,6 @@
 from logging.config import fileConfig
 
 from alembic import context
-from sqlalchemy import pool
-
 from workers.db import Base, make_engine
 from workers.settings import load_settings
 
@@ -28,9 +26,7 @@ def run_migrations_online() -> None:
     engine = make_engine(_url())
     with engine.connect() as connection:
         # render_as_batch lets ALTERs run on SQLite, which rebuilds the table instead.
-        context.configure(
-            connection=connection, target_metadata=target_metadata, render_as_batch=True
-        )
+        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

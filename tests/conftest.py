@@ -20,7 +20,6 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-
 from workers.db import make_engine
 from workers.settings import Settings, load_settings
 from workers.store import CLIENT_CONFIG
@@ -119,9 +118,24 @@ def s3_server(tmp_path_factory) -> S3Server:
 
 @pytest.fixture
 def bucket(s3_server: S3Server) -> str:
+    """A bucket of the test's own, removed afterwards: SeaweedFS gives each bucket its own volumes,
+    and a server with ~75 of them refuses writes into the 76th bucket."""
     name = f"test-{uuid.uuid4().hex[:12]}"
-    s3_server.client().create_bucket(Bucket=name)
-    return name
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket=name)
+    yield name
+    remove_bucket(s3, name)
+
+
+def remove_bucket(s3, name: str) -> None:
+    for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=name):
+        for upload in page.get("Uploads", ()):
+            s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+        # One by one: a batch DeleteObjects is XML, which cannot carry keys with control characters.
+        for obj in page.get("Contents", ()):
+            s3.delete_object(Bucket=name, Key=obj["Key"])
+    s3.delete_bucket(Bucket=name)
 
 
 def create_postgres_database() -> str:

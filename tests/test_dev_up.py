@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,15 +27,29 @@ DROP = (
 )
 SHOW_SUBMISSIONS = "python -m workers.tables submission"
 LIST_RAW = "aws s3 ls --recursive s3://health-raw/raw/acme/"
+INTAKE_JOB_RUNS = """{ runsOrError(filter: {pipelineName: "register_submission_from_group_job"}) {
+    ... on Runs { results { status tags { key value } } } } }"""
+
+
+def readme_commands() -> list[str]:
+    """Every command line of the README's bash blocks."""
+    blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line]
+
 
 pytestmark = pytest.mark.slow
 
 
 def fresh_copy(dest: Path) -> Path:
     """The files a clone would have (tracked plus new, unignored), without .venv or .local."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
-    ).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         if (REPO / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -47,10 +62,17 @@ def listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+RAN: set[str] = set()
+
+
 def in_dev_shell(copy: Path, command: str) -> subprocess.CompletedProcess:
+    RAN.update({"source .local/dev.env", command})
     return subprocess.run(
         ["bash", "-c", f"source .local/dev.env && {command}"],
-        cwd=copy, capture_output=True, text=True, timeout=300,
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -79,8 +101,13 @@ class DevUp:
     def start(self) -> float:
         started = time.monotonic()
         self.proc = subprocess.Popen(
-            ["./dev_up.sh"], cwd=self.copy, env=self.env, stdin=subprocess.DEVNULL,
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            ["./dev_up.sh"],
+            cwd=self.copy,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = started + 900
         while "UI ready" not in self.log.read_text():
@@ -112,8 +139,17 @@ def dev_up(tmp_path):
 
 
 def test_readme_documents_the_commands_this_test_runs():
-    for command in ("./dev_up.sh", "make test", "source .local/dev.env", MATERIALIZE, SHOW_ROWS, LIST_OBJECTS,
-                    *DROP, SHOW_SUBMISSIONS, LIST_RAW):
+    for command in (
+        "./dev_up.sh",
+        "make test",
+        "source .local/dev.env",
+        MATERIALIZE,
+        SHOW_ROWS,
+        LIST_OBJECTS,
+        *DROP,
+        SHOW_SUBMISSIONS,
+        LIST_RAW,
+    ):
         assert command in README
 
 
@@ -130,8 +166,11 @@ def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
     assert objects.returncode == 0 and "hello.txt" in objects.stdout, objects.stderr
 
     # The UI (the webserver's GraphQL) shows the metadata the worker reported.
-    data = graphql(dev_up.dagster_port, """{ assetOrError(assetKey: {path: ["bootstrap_heartbeat_asset"]}) {
-        ... on Asset { assetMaterializations(limit: 1) { metadataEntries { label } } } } }""")
+    data = graphql(
+        dev_up.dagster_port,
+        """{ assetOrError(assetKey: {path: ["bootstrap_heartbeat_asset"]}) {
+        ... on Asset { assetMaterializations(limit: 1) { metadataEntries { label } } } } }""",
+    )
     (materialization,) = data["assetOrError"]["assetMaterializations"]
     labels = {entry["label"] for entry in materialization["metadataEntries"]}
     assert {"row_id", "object_key", "size_bytes", "sha256", "db_dialect", "endpoint_host"} <= labels
@@ -145,9 +184,12 @@ def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
         time.sleep(3)
     raw = in_dev_shell(dev_up.copy, LIST_RAW).stdout
     assert "medical_claims.csv" in raw and "_manifest.generated.json" in raw
+    walk_through_by_hand(dev_up)
 
     # A second dev_up while the first runs is refused with a clear message.
-    second = subprocess.run(["./dev_up.sh"], cwd=dev_up.copy, env=dev_up.env, capture_output=True, text=True, timeout=120)
+    second = subprocess.run(
+        ["./dev_up.sh"], cwd=dev_up.copy, env=dev_up.env, capture_output=True, text=True, timeout=120
+    )
     assert second.returncode == 1
     assert f"port {dev_up.dagster_port} is busy" in second.stderr
 
@@ -156,8 +198,33 @@ def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
     assert not listening(dev_up.dagster_port) and not listening(dev_up.s3_port)
 
     # Re-running is safe: the venv, the DB and the bucket are reused.
+    beats_before = in_dev_shell(dev_up.copy, SHOW_ROWS).stdout.count("phase0_ok")
     dev_up.start()
     again = in_dev_shell(dev_up.copy, MATERIALIZE)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert in_dev_shell(dev_up.copy, SHOW_ROWS).stdout.count("phase0_ok") == 2
+    assert in_dev_shell(dev_up.copy, SHOW_ROWS).stdout.count("phase0_ok") == beats_before + 1
     dev_up.interrupt()
+
+    RAN.add("./dev_up.sh")
+    untested = [c for c in readme_commands() if c not in RAN and c != "make test"]
+    assert untested == [], "README commands this test does not run"
+
+
+def walk_through_by_hand(dev_up: DevUp) -> None:
+    """The README's step-by-step commands; the launch for already-staged content registers nothing new."""
+    for command in readme_commands():
+        if command.startswith(("dagster", "python -m workers.")) and command not in RAN:
+            done = in_dev_shell(dev_up.copy, command)
+            assert done.returncode == 0, f"{command}: {done.stderr[-2000:]}"
+    assert "inbox/acme/unknown/drop-001/" in in_dev_shell(dev_up.copy, "python -m workers.tables inbox_object").stdout
+    deadline = time.monotonic() + 180
+    while True:
+        runs = graphql(dev_up.dagster_port, INTAKE_JOB_RUNS)["runsOrError"]["results"]
+        if len(runs) == 2 and all(run["status"] == "SUCCESS" for run in runs):
+            break
+        assert time.monotonic() < deadline, runs
+        time.sleep(2)
+    sensor_run = next(run for run in runs if {"key": "health-intake/submitter", "value": "acme"} in run["tags"])
+    assert sensor_run["status"] == "SUCCESS"
+    rows = in_dev_shell(dev_up.copy, SHOW_SUBMISSIONS).stdout.splitlines()[2:]
+    assert len(rows) == 1

@@ -4,13 +4,13 @@ import hashlib
 
 import dagster as dg
 import sqlalchemy as sa
-
 from orchestrator.definitions import defs
 from orchestrator.defs.intake.jobs import register_submission_from_group_job
 from orchestrator.defs.intake.sensors import inbox_discovery_sensor
 from orchestrator.defs.resources import WorkerLauncher
-from tests.conftest import drop_files
 from workers.manifest import Manifest
+
+from tests.conftest import drop_files
 
 GROUP = "inbox/acme/unknown/drop-001/"
 
@@ -54,7 +54,9 @@ def test_a_drop_with_a_marker_ends_staged_with_its_manifest(synced_layouts, s3_s
     manifest = Manifest.from_bytes(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
     assert {f.raw_key for f in manifest.files} | {manifest_key} == set(raw)
     for entry in manifest.files:
-        assert hashlib.sha256(s3.get_object(Bucket=bucket, Key=entry.raw_key)["Body"].read()).hexdigest() == entry.sha256
+        assert (
+            hashlib.sha256(s3.get_object(Bucket=bucket, Key=entry.raw_key)["Body"].read()).hexdigest() == entry.sha256
+        )
 
     # The stager removed the inbox copies, so the next tick has nothing pending and asks for nothing.
     assert s3.list_objects_v2(Bucket=bucket, Prefix="inbox/").get("KeyCount") == 0
@@ -77,7 +79,9 @@ def test_a_late_file_after_staging_becomes_a_linked_second_submission(synced_lay
 
     engine = sa.create_engine(synced_layouts.metadata_db_url)
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT submission_id, previous_submission_id, status FROM submission ORDER BY id")).all()
+        rows = conn.execute(
+            sa.text("SELECT submission_id, previous_submission_id, status FROM submission ORDER BY id")
+        ).all()
     engine.dispose()
     assert [r.status for r in rows] == ["staged", "staged"]
     assert rows[1].previous_submission_id == rows[0].submission_id

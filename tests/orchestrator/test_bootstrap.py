@@ -3,10 +3,10 @@
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-
 from orchestrator.definitions import defs
 from orchestrator.defs.bootstrap.assets import bootstrap_heartbeat_asset
 from orchestrator.defs.resources import WorkerLauncher
+
 from tests.conftest import REPO
 
 
@@ -79,9 +79,7 @@ def fake_workers_on_path(monkeypatch):
 
 def test_asset_fails_when_the_worker_exits_without_reporting(platform_env, fake_workers_on_path):
     launcher = fake_workers_on_path
-    result = dg.materialize(
-        [_asset_running("silent")], resources={"launcher": launcher}, raise_on_error=False
-    )
+    result = dg.materialize([_asset_running("silent")], resources={"launcher": launcher}, raise_on_error=False)
     assert not result.success
     assert "silent worker exited without reporting a result" in failure_message(result)
 

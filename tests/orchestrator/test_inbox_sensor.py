@@ -7,18 +7,18 @@ the real time because the S3 server stamps multipart uploads' Initiated with the
 
 import logging
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
 from botocore.exceptions import EndpointConnectionError
-
 from orchestrator.definitions import defs
 from orchestrator.defs.intake import sensors
 from orchestrator.defs.intake.sensors import inbox_discovery_sensor, sensor_interval_seconds
-from tests.conftest import platform_environment
 from workers.discovery import load_state
 from workers.settings import SettingsError
+
+from tests.conftest import platform_environment
 
 DROP = "inbox/acme/unknown/drop-001/"
 STRICT_TAG_VALUE = re.compile(r"[A-Za-z0-9_.-]{0,63}")
@@ -63,7 +63,7 @@ class RecordedLog(logging.Handler):
 
 class Clock:
     def __init__(self):
-        self.now = datetime.now(timezone.utc)
+        self.now = datetime.now(UTC)
 
     def advance(self, **delta: float) -> None:
         self.now += timedelta(**delta)

@@ -6,12 +6,12 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 import yaml
-
 from orchestrator.defs.intake.assets import sync_layout_registry
 from orchestrator.defs.intake.jobs import register_submission_from_group_job
 from orchestrator.defs.resources import WorkerLauncher
-from tests.conftest import REPO, drop_files
 from workers.manifest import Manifest
+
+from tests.conftest import REPO, drop_files
 
 SEED_RUN_CONFIG = yaml.safe_load((REPO / "examples/register_drop_001.yaml").read_text())
 GROUP = "inbox/acme/unknown/drop-001/"
@@ -53,13 +53,18 @@ def test_the_seed_run_config_registers_and_stages_the_group(synced_layouts, s3_s
     assert registered["grouping_method"] == method and registered["file_type"] == "medical_claims"
     assert "medical_claims.csv" in registered["file_table"]
     sid = registered["submission_id"]
-    manifest = Manifest.from_bytes(s3.get_object(Bucket=synced_layouts.bucket, Key=registered["manifest_key"])["Body"].read())
+    manifest = Manifest.from_bytes(
+        s3.get_object(Bucket=synced_layouts.bucket, Key=registered["manifest_key"])["Body"].read()
+    )
     for entry in manifest.files:
         body = s3.get_object(Bucket=synced_layouts.bucket, Key=entry.raw_key)["Body"].read()
         assert hashlib.sha256(body).hexdigest() == entry.sha256
     engine = sa.create_engine(synced_layouts.metadata_db_url)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT status FROM submission WHERE submission_id = :s"), {"s": sid}).scalar() == "staged"
+        assert (
+            conn.execute(sa.text("SELECT status FROM submission WHERE submission_id = :s"), {"s": sid}).scalar()
+            == "staged"
+        )
     engine.dispose()
 
 
@@ -78,15 +83,23 @@ def test_the_job_twice_for_one_group_registers_once(synced_layouts, s3_server):
 
 
 def test_a_malformed_grouping_key_fails_the_run_with_the_workers_reason(synced_layouts):
-    config = {"ops": {"register_submission_from_group": {"config": {"grouping_key": "inbox/acme/", "grouping_method": "marker"}}}}
+    config = {
+        "ops": {
+            "register_submission_from_group": {"config": {"grouping_key": "inbox/acme/", "grouping_method": "marker"}}
+        }
+    }
     result = run_job(config)
     assert not result.success
     (failure,) = result.get_step_failure_events()
-    assert "classifier worker failed: grouping_key 'inbox/acme/' is malformed" in failure.step_failure_data.error.message
+    assert (
+        "classifier worker failed: grouping_key 'inbox/acme/' is malformed" in failure.step_failure_data.error.message
+    )
 
 
 def test_an_unknown_grouping_method_fails_before_any_worker_runs(synced_layouts):
-    config = {"ops": {"register_submission_from_group": {"config": {"grouping_key": GROUP, "grouping_method": "vibes"}}}}
+    config = {
+        "ops": {"register_submission_from_group": {"config": {"grouping_key": GROUP, "grouping_method": "vibes"}}}
+    }
     result = run_job(config)
     assert not result.success
     assert not any("classifier" in (e.message or "") for e in result.all_events if e.event_type_value == "ENGINE_EVENT")

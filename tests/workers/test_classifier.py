@@ -1,11 +1,11 @@
 import pytest
-
-from tests.conftest import drop_files
-from workers import classifier
 from workers.classifier import load_classifier, submitter_filename
 from workers.inbox import Group, InboxObject
 from workers.layouts import Layout
 from workers.runtime import WorkerError
+
+from tests.conftest import drop_files
+from workers import classifier
 
 ACME = Group("inbox/acme/unknown/drop-001/", "acme", "unknown")
 LAYOUTS = [
@@ -52,7 +52,9 @@ def test_implementations_load_by_name_or_dotted_path():
     assert load_classifier("workers.classifier.submitter_filename") is submitter_filename
 
 
-@pytest.mark.parametrize("name", ["nope", "no.such.module:f", "workers.classifier:missing", "workers.classifier:CLASSIFIED"])
+@pytest.mark.parametrize(
+    "name", ["nope", "no.such.module:f", "workers.classifier:missing", "workers.classifier:CLASSIFIED"]
+)
 def test_an_unloadable_implementation_is_refused_by_name(name):
     with pytest.raises(WorkerError, match="CLASSIFIER_IMPL"):
         load_classifier(name)

@@ -7,12 +7,10 @@ Only list_uploads' fallback talks HTTP, to a small fake (see AwsStyleUploadListi
 import http.server
 import json
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, quote_plus, urlsplit
 
 import pytest
-
-from tests.conftest import S3Server
 from workers.discovery import (
     MARKER,
     QUIESCENCE,
@@ -27,8 +25,10 @@ from workers.discovery import (
 from workers.inbox import InboxObject
 from workers.settings import load_intake_settings
 
+from tests.conftest import S3Server
+
 SETTINGS = load_intake_settings({})  # defaults: inbox/, depth 3, _SUCCESS, 10 min, 24 h
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DROP = "inbox/acme/unknown/drop-001/"
 
 
@@ -243,8 +243,14 @@ def test_no_cursor_is_an_empty_state():
 
 @pytest.mark.parametrize(
     "cursor",
-    ["not json", "[]", '{"version": 2, "groups": {}}', '{"version": 1}', '{"version": 1, "groups": {"k": {}}}',
-     '{"version": 1, "groups": {"k": {"fingerprint": "a", "since": "2026-03-01T12:00:00", "requested": false}}}'],
+    [
+        "not json",
+        "[]",
+        '{"version": 2, "groups": {}}',
+        '{"version": 1}',
+        '{"version": 1, "groups": {"k": {}}}',
+        '{"version": 1, "groups": {"k": {"fingerprint": "a", "since": "2026-03-01T12:00:00", "requested": false}}}',
+    ],
 )
 def test_an_unreadable_cursor_is_a_value_error(cursor):
     with pytest.raises(ValueError):

@@ -8,11 +8,11 @@ import sys
 import pytest
 import sqlalchemy as sa
 from botocore.exceptions import EndpointConnectionError
-
-from tests.conftest import platform_environment
 from workers.db import make_engine
 from workers.heartbeat import HELLO_KEY, MESSAGE, beat
 from workers.store import make_s3_client
+
+from tests.conftest import platform_environment
 
 
 def run_heartbeat(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -67,9 +67,7 @@ def test_standalone_run_prints_one_json_line_and_exits_0(migrated_db_url, s3_ser
 
 
 def test_unreachable_database_exits_nonzero_naming_it_without_the_password(s3_server, bucket):
-    env = platform_environment(
-        "postgresql+psycopg2://intake:SENTINEL-PW@127.0.0.1:1/metadata", s3_server, bucket
-    )
+    env = platform_environment("postgresql+psycopg2://intake:SENTINEL-PW@127.0.0.1:1/metadata", s3_server, bucket)
     done = run_heartbeat(env)
 
     assert done.returncode == 1

@@ -5,10 +5,10 @@ import sys
 
 import pytest
 import sqlalchemy as sa
-
-from workers import layouts
 from workers.db import make_engine
 from workers.runtime import WorkerError
+
+from workers import layouts
 
 A = {"layout_id": "a", "submitter_id": "*", "filename_pattern": "a*.csv", "file_type": "alpha", "version": 1}
 B = {"layout_id": "b", "submitter_id": "acme", "filename_pattern": "b*.csv", "file_type": "beta", "version": 1}
@@ -21,7 +21,9 @@ def definitions(*entries: dict) -> list[layouts.Layout]:
 def registry(url: str) -> dict[str, tuple]:
     engine = sa.create_engine(url)
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT layout_id, filename_pattern, version, active, retired_at FROM layout_registry"))
+        rows = conn.execute(
+            sa.text("SELECT layout_id, filename_pattern, version, active, retired_at FROM layout_registry")
+        )
         result = {r.layout_id: (r.filename_pattern, r.version, bool(r.active), r.retired_at is not None) for r in rows}
     engine.dispose()
     return result
@@ -89,7 +91,10 @@ def test_standalone_sync_reports_counts(platform_env, tmp_path):
     path.write_text(json.dumps({"registry_version": 7, "layouts": [A, B]}))
     done = subprocess.run(
         [sys.executable, "-m", "workers.layouts", "--definitions", str(path)],
-        env=os.environ.copy(), capture_output=True, text=True, timeout=60,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)

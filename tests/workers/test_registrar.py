@@ -7,13 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
-
-from tests.conftest import drop_files
-from workers import classifier, registrar
-from workers.db import make_engine
 from workers.manifest import Manifest
 from workers.runtime import WorkerError
 from workers.store import make_s3_client
+
+from tests.conftest import drop_files
+from workers import classifier, registrar
 
 KEY = "inbox/acme/unknown/drop-001/"
 CLAIMS = b"member_id,amount\n1,10\n"
@@ -27,7 +26,10 @@ def run_registrar(settings, grouping_key: str = KEY, method: str = "marker") -> 
 def counts(url: str) -> dict[str, int]:
     engine = sa.create_engine(url)
     with engine.connect() as conn:
-        result = {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar() for t in ("submission", "submission_file", "inbox_object")}
+        result = {
+            t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar()
+            for t in ("submission", "submission_file", "inbox_object")
+        }
     engine.dispose()
     return result
 
@@ -53,7 +55,12 @@ def test_a_group_becomes_one_submission_with_rows_and_a_manifest(synced_layouts,
 
 
 def test_under_unknown_a_submission_takes_the_one_type_its_files_classify_as(synced_layouts, s3_server):
-    drop_files(s3_server.client(), synced_layouts.bucket, KEY, {"medical_claims.csv": CLAIMS, "medical_claims_2.csv": CLAIMS + b"2"})
+    drop_files(
+        s3_server.client(),
+        synced_layouts.bucket,
+        KEY,
+        {"medical_claims.csv": CLAIMS, "medical_claims_2.csv": CLAIMS + b"2"},
+    )
     result = run_registrar(synced_layouts)
     assert result["file_type"] == "medical_claims"
     assert result["raw_prefix"] == f"raw/acme/medical_claims/{result['submission_id']}/"
@@ -87,7 +94,10 @@ def test_a_late_file_becomes_a_new_submission_linked_to_the_earlier_one(synced_l
     assert late["created"] and late["submission_id"] != first["submission_id"]
     assert late["previous_submission_id"] == first["submission_id"]
     assert [row["inbox_key"] for row in late["file_table"]] == [KEY + "medical_claims_late.csv"]
-    assert Manifest.from_bytes(read(synced_layouts, first["manifest_key"])).files[0].inbox_key == KEY + "medical_claims.csv"
+    assert (
+        Manifest.from_bytes(read(synced_layouts, first["manifest_key"])).files[0].inbox_key
+        == KEY + "medical_claims.csv"
+    )
 
 
 def test_a_file_rewritten_after_registration_is_registered_again_as_new_content(synced_layouts, s3_server):
@@ -135,7 +145,9 @@ def test_a_different_manifest_already_at_the_key_is_never_overwritten(synced_lay
 
 
 def test_concurrent_registrations_of_one_group_make_one_submission(synced_layouts, s3_server):
-    drop_files(s3_server.client(), synced_layouts.bucket, KEY, {f"medical_claims_{i}.csv": CLAIMS * i for i in range(1, 6)})
+    drop_files(
+        s3_server.client(), synced_layouts.bucket, KEY, {f"medical_claims_{i}.csv": CLAIMS * i for i in range(1, 6)}
+    )
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda _: run_registrar(synced_layouts), range(4)))
 
@@ -154,7 +166,10 @@ def test_standalone_registrar_classifies_then_registers(synced_layouts, s3_serve
     drop_files(s3_server.client(), synced_layouts.bucket, KEY, {"medical_claims.csv": CLAIMS})
     done = subprocess.run(
         [sys.executable, "-m", "workers.registrar", "--grouping-key", KEY],
-        env=os.environ.copy(), capture_output=True, text=True, timeout=120,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)

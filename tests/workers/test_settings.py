@@ -1,5 +1,4 @@
 import pytest
-
 from workers.settings import DEFAULTS, SettingsError, load_settings
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-
 from workers.db import InboxObject, Submission, SubmissionFile, make_engine, utcnow
 from workers.manifest import Manifest, ManifestFile, manifest_key_for, raw_prefix_for
 from workers.runtime import WorkerError
@@ -53,38 +52,74 @@ def register(platform_env):
         entries = []
         for name, body in sorted(contents.items()):
             etag = s3.put_object(Bucket=platform_env.bucket, Key=GROUP + name, Body=body)["ETag"].strip('"')
-            entries.append(ManifestFile(
-                inbox_key=GROUP + name, raw_key=raw_prefix + name, size_bytes=len(body),
-                sha256=hashlib.sha256(body).hexdigest(), etag=etag, file_type="claims",
-                layout_id="acme-claims", layout_version=1, classification="classified", classification_detail="",
-            ))
+            entries.append(
+                ManifestFile(
+                    inbox_key=GROUP + name,
+                    raw_key=raw_prefix + name,
+                    size_bytes=len(body),
+                    sha256=hashlib.sha256(body).hexdigest(),
+                    etag=etag,
+                    file_type="claims",
+                    layout_id="acme-claims",
+                    layout_version=1,
+                    classification="classified",
+                    classification_detail="",
+                )
+            )
         marker_etag = s3.put_object(Bucket=platform_env.bucket, Key=MARKER, Body=b"")["ETag"].strip('"')
         manifest = Manifest(submission_id, "acme", "claims", GROUP, "marker", None, tuple(entries))
         with Session(engine) as session, session.begin():
-            session.add(Submission(
-                submission_id=submission_id, submitter_id="acme", file_type="claims", grouping_key=GROUP,
-                grouping_method="marker", content_hash=hashlib.sha256(manifest.to_bytes()).hexdigest(),
-                raw_prefix=raw_prefix, manifest_key=manifest_key_for(raw_prefix), file_count=len(entries),
-                total_bytes=sum(len(b) for b in contents.values()), status="registered",
-            ))
+            session.add(
+                Submission(
+                    submission_id=submission_id,
+                    submitter_id="acme",
+                    file_type="claims",
+                    grouping_key=GROUP,
+                    grouping_method="marker",
+                    content_hash=hashlib.sha256(manifest.to_bytes()).hexdigest(),
+                    raw_prefix=raw_prefix,
+                    manifest_key=manifest_key_for(raw_prefix),
+                    file_count=len(entries),
+                    total_bytes=sum(len(b) for b in contents.values()),
+                    status="registered",
+                )
+            )
             session.flush()
             for f in entries:
-                session.add(SubmissionFile(
-                    submission_id=submission_id, inbox_key=f.inbox_key, raw_key=f.raw_key, size_bytes=f.size_bytes,
-                    sha256=f.sha256, etag=f.etag, file_type=f.file_type, layout_id=f.layout_id,
-                    layout_version=f.layout_version, classification=f.classification,
-                ))
-                session.add(InboxObject(submission_id=submission_id, key=f.inbox_key, size_bytes=f.size_bytes,
-                                        etag=f.etag, role="data"))
-            session.add(InboxObject(submission_id=submission_id, key=MARKER, size_bytes=0, etag=marker_etag,
-                                    role="marker"))
+                session.add(
+                    SubmissionFile(
+                        submission_id=submission_id,
+                        inbox_key=f.inbox_key,
+                        raw_key=f.raw_key,
+                        size_bytes=f.size_bytes,
+                        sha256=f.sha256,
+                        etag=f.etag,
+                        file_type=f.file_type,
+                        layout_id=f.layout_id,
+                        layout_version=f.layout_version,
+                        classification=f.classification,
+                    )
+                )
+                session.add(
+                    InboxObject(
+                        submission_id=submission_id, key=f.inbox_key, size_bytes=f.size_bytes, etag=f.etag, role="data"
+                    )
+                )
+            session.add(
+                InboxObject(submission_id=submission_id, key=MARKER, size_bytes=0, etag=marker_etag, role="marker")
+            )
         if write_manifest:
             s3.put_object(Bucket=platform_env.bucket, Key=manifest_key_for(raw_prefix), Body=manifest.to_bytes())
             with Session(engine) as session, session.begin():
-                session.execute(sa.update(Submission).where(Submission.submission_id == submission_id)
-                                .values(manifest_written_at=utcnow()))
+                session.execute(
+                    sa.update(Submission)
+                    .where(Submission.submission_id == submission_id)
+                    .values(manifest_written_at=utcnow())
+                )
         return Registered(
-            submission_id, raw_prefix, manifest_key_for(raw_prefix),
+            submission_id,
+            raw_prefix,
+            manifest_key_for(raw_prefix),
             {raw_prefix + name: body for name, body in contents.items()},
             {raw_prefix + name: GROUP + name for name in contents},
         )
@@ -97,8 +132,12 @@ def stage(settings, registered: Registered, **options):
     engine = make_engine(settings.metadata_db_url)
     try:
         return stage_submission(
-            engine=engine, s3=make_s3_client(settings), bucket=settings.bucket,
-            submission_id=registered.submission_id, raw_root="raw/", **{"delete_inbox": True, **options},
+            engine=engine,
+            s3=make_s3_client(settings),
+            bucket=settings.bucket,
+            submission_id=registered.submission_id,
+            raw_root="raw/",
+            **{"delete_inbox": True, **options},
         )
     finally:
         engine.dispose()
@@ -120,8 +159,11 @@ def keys_under(settings, prefix: str) -> list[str]:
 def staged_at_by_raw_key(settings, submission_id: str) -> dict:
     engine = sa.create_engine(settings.metadata_db_url)
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(SubmissionFile.raw_key, SubmissionFile.staged_at)
-                            .where(SubmissionFile.submission_id == submission_id)).all()
+        rows = conn.execute(
+            sa.select(SubmissionFile.raw_key, SubmissionFile.staged_at).where(
+                SubmissionFile.submission_id == submission_id
+            )
+        ).all()
     engine.dispose()
     return dict(rows)
 
@@ -129,8 +171,9 @@ def staged_at_by_raw_key(settings, submission_id: str) -> dict:
 def submission_row(settings, submission_id: str):
     engine = sa.create_engine(settings.metadata_db_url)
     with engine.connect() as conn:
-        row = conn.execute(sa.select(Submission.status, Submission.staged_at)
-                           .where(Submission.submission_id == submission_id)).one()
+        row = conn.execute(
+            sa.select(Submission.status, Submission.staged_at).where(Submission.submission_id == submission_id)
+        ).one()
     engine.dispose()
     return row
 
@@ -138,15 +181,21 @@ def submission_row(settings, submission_id: str):
 def removed_at_by_key(settings, submission_id: str) -> dict:
     engine = sa.create_engine(settings.metadata_db_url)
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(InboxObject.key, InboxObject.removed_at)
-                            .where(InboxObject.submission_id == submission_id)).all()
+        rows = conn.execute(
+            sa.select(InboxObject.key, InboxObject.removed_at).where(InboxObject.submission_id == submission_id)
+        ).all()
     engine.dispose()
     return dict(rows)
 
 
 def run_stager(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workers.stager", *args],
-                          env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "workers.stager", *args],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_stages_every_file_with_the_sha256_the_manifest_records(platform_env, register):
@@ -187,8 +236,11 @@ def test_a_resumed_run_keeps_files_already_staged_and_copies_the_rest(platform_e
     marked, copied_unmarked = registered.raw_keys[:2]
     s3 = make_s3_client(platform_env)
     for key in (marked, copied_unmarked):
-        s3.copy_object(Bucket=platform_env.bucket, Key=key,
-                       CopySource={"Bucket": platform_env.bucket, "Key": registered.inbox_keys[key]})
+        s3.copy_object(
+            Bucket=platform_env.bucket,
+            Key=key,
+            CopySource={"Bucket": platform_env.bucket, "Key": registered.inbox_keys[key]},
+        )
     engine = make_engine(platform_env.metadata_db_url)
     with Session(engine) as session, session.begin():
         session.execute(sa.update(SubmissionFile).where(SubmissionFile.raw_key == marked).values(staged_at=utcnow()))
@@ -206,11 +258,18 @@ def test_a_resumed_run_keeps_files_already_staged_and_copies_the_rest(platform_e
 def test_a_run_killed_mid_way_is_finished_by_the_next_run(platform_env, register):
     registered = register(some_files(80, size=256 * 1024))
     engine = sa.create_engine(platform_env.metadata_db_url)
-    staged_count = sa.select(sa.func.count()).select_from(SubmissionFile).where(
-        SubmissionFile.submission_id == registered.submission_id, SubmissionFile.staged_at.is_not(None))
+    staged_count = (
+        sa.select(sa.func.count())
+        .select_from(SubmissionFile)
+        .where(SubmissionFile.submission_id == registered.submission_id, SubmissionFile.staged_at.is_not(None))
+    )
 
-    worker = subprocess.Popen([sys.executable, "-m", "workers.stager", "--submission-id", registered.submission_id],
-                              env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "workers.stager", "--submission-id", registered.submission_id],
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while worker.poll() is None:
             with engine.connect() as conn:
@@ -245,8 +304,15 @@ def test_a_file_above_the_multipart_threshold_is_copied_in_parts(platform_env, r
     s3.meta.events.register("before-call.s3.UploadPartCopy", lambda **kwargs: part_copies.append(1))
     engine = make_engine(platform_env.metadata_db_url)
 
-    result = stage_submission(engine=engine, s3=s3, bucket=platform_env.bucket, submission_id=registered.submission_id,
-                              raw_root="raw/", delete_inbox=False, multipart_threshold=8 * MiB)
+    result = stage_submission(
+        engine=engine,
+        s3=s3,
+        bucket=platform_env.bucket,
+        submission_id=registered.submission_id,
+        raw_root="raw/",
+        delete_inbox=False,
+        multipart_threshold=8 * MiB,
+    )
     engine.dispose()
 
     assert len(part_copies) == 3
@@ -296,7 +362,8 @@ def test_an_inbox_object_reuploaded_before_staging_is_refused_not_copied(platfor
     registered = register(some_files(2))
     changed_raw_key = registered.raw_keys[0]
     make_s3_client(platform_env).put_object(
-        Bucket=platform_env.bucket, Key=registered.inbox_keys[changed_raw_key], Body=b"different bytes")
+        Bucket=platform_env.bucket, Key=registered.inbox_keys[changed_raw_key], Body=b"different bytes"
+    )
 
     with pytest.raises(WorkerError, match="changed since registration"):
         stage(platform_env, registered)
@@ -321,8 +388,9 @@ def test_a_manifest_that_disagrees_with_the_registered_files_is_refused(platform
     registered = register(some_files(2))
     engine = make_engine(platform_env.metadata_db_url)
     with Session(engine) as session, session.begin():
-        session.execute(sa.update(SubmissionFile).where(SubmissionFile.raw_key == registered.raw_keys[1])
-                        .values(sha256="0" * 64))
+        session.execute(
+            sa.update(SubmissionFile).where(SubmissionFile.raw_key == registered.raw_keys[1]).values(sha256="0" * 64)
+        )
     engine.dispose()
 
     with pytest.raises(WorkerError, match=f"disagrees with the registered files.*first {registered.raw_keys[1]}"):
@@ -349,8 +417,9 @@ def test_an_unknown_submission_exits_nonzero_naming_it(platform_env):
 
 
 def test_help_explains_the_arguments():
-    done = subprocess.run([sys.executable, "-m", "workers.stager", "--help"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "workers.stager", "--help"], capture_output=True, text=True, timeout=60
+    )
 
     assert done.returncode == 0
     assert "--submission-id" in done.stdout

@@ -45,12 +45,15 @@ def submitter_filename(group: Group, obj: InboxObject, layouts: Sequence[Layout]
     name = posixpath.basename(obj.key).lower()
     for tier in (group.submitter_id, "*"):
         matches = [
-            layout for layout in layouts
+            layout
+            for layout in layouts
             if layout.submitter_id == tier and fnmatch.fnmatchcase(name, layout.filename_pattern.lower())
         ]
         if len(matches) == 1:
             (layout,) = matches
-            return Classification(layout.file_type, layout.layout_id, layout.version, CLASSIFIED, f"matched {layout.filename_pattern}")
+            return Classification(
+                layout.file_type, layout.layout_id, layout.version, CLASSIFIED, f"matched {layout.filename_pattern}"
+            )
         if len(matches) > 1:
             ids = ", ".join(sorted(m.layout_id for m in matches))
             return Classification(UNKNOWN, None, None, AMBIGUOUS, f"matches several layouts: {ids}")
@@ -108,7 +111,13 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
         "counts": counts,
         "files": files,
         "file_table": [
-            {"key": f["key"], "size_bytes": f["size"], "classification": f["classification"], "file_type": f["file_type"], "layout_id": f["layout_id"] or ""}
+            {
+                "key": f["key"],
+                "size_bytes": f["size"],
+                "classification": f["classification"],
+                "file_type": f["file_type"],
+                "layout_id": f["layout_id"] or "",
+            }
             for f in files
         ],
     }

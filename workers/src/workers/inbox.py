@@ -26,7 +26,7 @@ class InboxObject:
     last_modified: datetime | None = None
 
     @classmethod
-    def from_listing(cls, entry: dict) -> "InboxObject":
+    def from_listing(cls, entry: dict) -> InboxObject:
         return cls(
             key=entry["Key"],
             size=int(entry["Size"]),
@@ -52,7 +52,7 @@ def group_of(key: str, inbox_prefix: str, depth: int) -> Group | None:
     """The group a key belongs to, or None when the key is too shallow to form one."""
     if not key.startswith(inbox_prefix):
         return None
-    segments = key[len(inbox_prefix):].split("/")
+    segments = key[len(inbox_prefix) :].split("/")
     # depth folder segments plus at least a file name; empty segments ("a//b") do not count.
     if len(segments) <= depth or any(not s for s in segments[:depth]) or not segments[-1]:
         return None
@@ -87,7 +87,7 @@ def fingerprint(objects: Iterable[InboxObject]) -> str:
 
 
 def relative_path(key: str, grouping_key: str) -> str:
-    return key[len(grouping_key):]
+    return key[len(grouping_key) :]
 
 
 def group_from_params(params: Mapping[str, Any], intake: IntakeSettings) -> Group:

@@ -43,7 +43,7 @@ class Manifest:
         return (json.dumps(body, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Manifest":
+    def from_bytes(cls, data: bytes) -> Manifest:
         body = json.loads(data)
         if body.get("manifest_version") != MANIFEST_VERSION:
             raise ValueError(f"unsupported manifest_version {body.get('manifest_version')!r}")

@@ -27,10 +27,9 @@ from workers.inbox import UNKNOWN, Group, InboxObject, fingerprint, group_from_p
 from workers.manifest import Manifest, ManifestFile, manifest_key_for, raw_prefix_for
 from workers.runtime import Metadata, WorkerError, run_worker
 from workers.settings import IntakeSettings, Settings, load_intake_settings
-from workers.store import make_s3_client
+from workers.store import PRECONDITION_FAILED, error_code, make_s3_client, sha256_of
 
 GROUPING_METHODS = ("marker", "quiescence")
-HASH_CHUNK = 8 * 1024 * 1024
 HASH_THREADS = 8
 
 
@@ -46,16 +45,9 @@ def submission_file_type(group: Group, files: Sequence[Mapping[str, Any]]) -> st
     return types.pop() if len(types) == 1 else UNKNOWN
 
 
-def sha256_of(s3, bucket: str, key: str, etag: str) -> str:
-    """Streamed SHA-256 of exactly the version classified (If-Match), never the whole file in memory."""
-    body = s3.get_object(Bucket=bucket, Key=key, IfMatch=f'"{etag}"')["Body"]
-    digest = hashlib.sha256()
-    for chunk in iter(lambda: body.read(HASH_CHUNK), b""):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def observed_objects(s3, bucket: str, group: Group, files: Sequence[Mapping[str, Any]], marker: str) -> list[InboxObject]:
+def observed_objects(
+    s3, bucket: str, group: Group, files: Sequence[Mapping[str, Any]], marker: str
+) -> list[InboxObject]:
     """The classified files as they are now, plus the marker; refuses if a classified file changed."""
     current = {obj.key: obj for obj in list_objects(s3, bucket, group.grouping_key)}
     changed = [f["key"] for f in files if f["key"] not in current or current[f["key"]].etag != f["etag"]]
@@ -69,7 +61,13 @@ def observed_objects(s3, bucket: str, group: Group, files: Sequence[Mapping[str,
 
 
 def register(
-    *, engine: Engine, s3, bucket: str, intake: IntakeSettings, group: Group, grouping_method: str,
+    *,
+    engine: Engine,
+    s3,
+    bucket: str,
+    intake: IntakeSettings,
+    group: Group,
+    grouping_method: str,
     files: Sequence[Mapping[str, Any]],
 ) -> Metadata:
     if grouping_method not in GROUPING_METHODS:
@@ -95,7 +93,7 @@ def already_registered(session: Session, files: Sequence[Mapping[str, Any]]) -> 
     for start in range(0, len(pairs), 500):
         rows = session.execute(
             select(SubmissionFile.inbox_key, SubmissionFile.etag, SubmissionFile.submission_id).where(
-                tuple_(SubmissionFile.inbox_key, SubmissionFile.etag).in_(pairs[start:start + 500])
+                tuple_(SubmissionFile.inbox_key, SubmissionFile.etag).in_(pairs[start : start + 500])
             )
         )
         found.update({(key, etag): sid for key, etag, sid in rows})
@@ -136,7 +134,11 @@ def _register_new(engine, s3, bucket, intake, group, grouping_method, new_files,
         previous_submission_id=_previous(engine, group.grouping_key),
     )
     rows = [_file_row(submission_id, raw_prefix, group, f, hashes[f["key"]]) for f in new_files]
-    seen = [_seen_row(submission_id, obj, new_keys) for obj in observed if obj.key in new_keys or obj.key == group.grouping_key + intake.marker_file]
+    seen = [
+        _seen_row(submission_id, obj, new_keys)
+        for obj in observed
+        if obj.key in new_keys or obj.key == group.grouping_key + intake.marker_file
+    ]
     try:
         with Session(engine) as session, session.begin():
             session.add(submission)
@@ -167,7 +169,9 @@ def _by_content(engine: Engine, grouping_key: str, content_hash: str, new_files)
 def _previous(engine: Engine, grouping_key: str) -> str | None:
     with Session(engine) as session:
         return session.scalar(
-            select(Submission.submission_id).where(Submission.grouping_key == grouping_key).order_by(Submission.id.desc())
+            select(Submission.submission_id)
+            .where(Submission.grouping_key == grouping_key)
+            .order_by(Submission.id.desc())
         )
 
 
@@ -201,7 +205,7 @@ def _seen_row(submission_id: str, obj: InboxObject, data_keys: set[str]) -> Inbo
 def hash_files(s3, bucket: str, files: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
         digests = pool.map(lambda f: sha256_of(s3, bucket, f["key"], f["etag"]), files)
-        return {f["key"]: digest for f, digest in zip(files, digests)}
+        return {f["key"]: digest for f, digest in zip(files, digests, strict=True)}
 
 
 def load_manifest(engine: Engine, submission_id: str) -> tuple[Submission, Manifest]:
@@ -218,9 +222,16 @@ def load_manifest(engine: Engine, submission_id: str) -> tuple[Submission, Manif
         previous_submission_id=submission.previous_submission_id,
         files=tuple(
             ManifestFile(
-                inbox_key=f.inbox_key, raw_key=f.raw_key, size_bytes=f.size_bytes, sha256=f.sha256, etag=f.etag,
-                file_type=f.file_type, layout_id=f.layout_id, layout_version=f.layout_version,
-                classification=f.classification, classification_detail=f.classification_detail,
+                inbox_key=f.inbox_key,
+                raw_key=f.raw_key,
+                size_bytes=f.size_bytes,
+                sha256=f.sha256,
+                etag=f.etag,
+                file_type=f.file_type,
+                layout_id=f.layout_id,
+                layout_version=f.layout_version,
+                classification=f.classification,
+                classification_detail=f.classification_detail,
             )
             for f in files
         ),
@@ -235,14 +246,17 @@ def ensure_manifest(engine: Engine, s3, bucket: str, submission_id: str) -> Mani
         return manifest
     body = manifest.to_bytes()
     try:
-        s3.put_object(Bucket=bucket, Key=submission.manifest_key, Body=body, IfNoneMatch="*", ContentType="application/json")
+        s3.put_object(
+            Bucket=bucket, Key=submission.manifest_key, Body=body, IfNoneMatch="*", ContentType="application/json"
+        )
     except ClientError as exc:
-        # 412 is the standard answer; some MinIO releases answered 304 (minio/minio#19442).
-        if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412", "304", "NotModified"):
+        if error_code(exc) not in PRECONDITION_FAILED:
             raise
         existing = s3.get_object(Bucket=bucket, Key=submission.manifest_key)["Body"].read()
         if existing != body:
-            raise WorkerError(f"a different manifest already exists at {submission.manifest_key}; refusing to overwrite") from None
+            raise WorkerError(
+                f"a different manifest already exists at {submission.manifest_key}; refusing to overwrite"
+            ) from None
     with Session(engine) as session, session.begin():
         row = session.scalar(select(Submission).where(Submission.submission_id == submission_id))
         row.manifest_written_at = row.manifest_written_at or utcnow()
@@ -267,8 +281,14 @@ def report(engine: Engine, manifest: Manifest, created: bool) -> Metadata:
         "raw_prefix": raw_prefix,
         "manifest_key": manifest_key,
         "file_table": [
-            {"inbox_key": f.inbox_key, "raw_key": f.raw_key, "size_bytes": f.size_bytes, "sha256": f.sha256,
-             "classification": f.classification, "file_type": f.file_type}
+            {
+                "inbox_key": f.inbox_key,
+                "raw_key": f.raw_key,
+                "size_bytes": f.size_bytes,
+                "sha256": f.sha256,
+                "classification": f.classification,
+                "file_type": f.file_type,
+            }
             for f in manifest.files
         ],
     }
@@ -284,8 +304,13 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
     engine = make_engine(settings.metadata_db_url)
     try:
         return register(
-            engine=engine, s3=make_s3_client(settings), bucket=settings.bucket, intake=intake, group=group,
-            grouping_method=params.get("grouping_method") or "marker", files=files,
+            engine=engine,
+            s3=make_s3_client(settings),
+            bucket=settings.bucket,
+            intake=intake,
+            group=group,
+            grouping_method=params.get("grouping_method") or "marker",
+            files=files,
         )
     finally:
         engine.dispose()

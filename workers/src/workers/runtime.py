@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from workers.settings import Settings, SettingsError, load_settings
 
@@ -96,8 +96,11 @@ def _run_under_pipes(name: str, work: Work) -> int:
 
     # Outside Dagster, open_dagster_pipes() hands back a mock that swallows every report.
     if not PipesEnvVarParamsLoader().is_dagster_pipes_process():
-        print(f"{name}: error: --pipes given but no Dagster Pipes context in the environment; "
-              "run without --pipes to use the worker by hand", file=sys.stderr)
+        print(
+            f"{name}: error: --pipes given but no Dagster Pipes context in the environment; "
+            "run without --pipes to use the worker by hand",
+            file=sys.stderr,
+        )
         return 2
     try:
         with open_dagster_pipes() as pipes:

@@ -72,8 +72,7 @@ def _db_url(env: Mapping[str, str]) -> str:
         url = make_url(value)
     except ArgumentError:
         raise SettingsError(
-            "METADATA_DB_URL is not a database URL (expected e.g. sqlite:///path or "
-            "postgresql+psycopg2://user@host/db)"
+            "METADATA_DB_URL is not a database URL (expected e.g. sqlite:///path or postgresql+psycopg2://user@host/db)"
         ) from None
     if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise SettingsError("METADATA_DB_URL must name a sqlite or postgresql database")
@@ -86,7 +85,7 @@ def _endpoint(env: Mapping[str, str]) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError("MINIO_ENDPOINT must be an http(s) URL such as http://127.0.0.1:9000")
     try:
-        parts.port
+        _ = parts.port  # urlsplit parses lazily: a bad port raises only when read
     except ValueError:
         raise SettingsError("MINIO_ENDPOINT has a malformed port") from None
     return value.rstrip("/")

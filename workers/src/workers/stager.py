@@ -9,7 +9,6 @@ are removed, each only while its ETag is still the recorded one. Safe to re-run 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -25,7 +24,7 @@ from workers.db import InboxObject, Submission, SubmissionFile, make_engine, utc
 from workers.manifest import Manifest
 from workers.runtime import Metadata, WorkerError, describe_failure, run_worker
 from workers.settings import Settings, load_intake_settings
-from workers.store import make_s3_client
+from workers.store import NOT_FOUND, PRECONDITION_FAILED, bare, error_code, make_s3_client, quoted, sha256_of
 
 MiB = 1024 * 1024
 # S3's single CopyObject limit; above it the copy must be multipart (UploadPartCopy).
@@ -36,8 +35,6 @@ MAX_PART_SIZE = 512 * MiB
 FILE_WORKERS = 4
 PART_WORKERS = 2
 READ_CHUNK = MiB
-NOT_FOUND = ("404", "NoSuchKey", "NotFound")
-PRECONDITION_FAILED = ("412", "PreconditionFailed")
 
 
 @dataclass(frozen=True)
@@ -196,15 +193,6 @@ def head_etag(s3, bucket: str, key: str) -> str | None:
         raise
 
 
-def sha256_of(s3, bucket: str, key: str) -> str:
-    """Hex SHA-256 of an object, read in chunks so a large file never sits in memory."""
-    digest = hashlib.sha256()
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-    for chunk in body.iter_chunks(READ_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
 def mark_file_staged(engine: Engine, raw_key: str) -> None:
     with Session(engine) as session, session.begin():
         session.execute(
@@ -279,18 +267,6 @@ def report(submission_id: str, staged: Iterable[StagedFile], removed: int, kept:
         "inbox_objects_kept_changed": kept,
         "file_table": [{"key": s.raw_key, "size_bytes": s.size_bytes, "sha256": s.sha256} for s in staged],
     }
-
-
-def error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def bare(etag: str) -> str:
-    return etag.strip('"')
-
-
-def quoted(etag: str) -> str:
-    return f'"{bare(etag)}"'
 
 
 def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:

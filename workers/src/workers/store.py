@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 
 import boto3
@@ -22,6 +23,38 @@ CLIENT_CONFIG = Config(
 )
 
 
+NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+# 412 is the standard answer to a failed condition; some MinIO releases answered a conditional
+# PUT with 304 instead (minio/minio#19442).
+PRECONDITION_FAILED = ("412", "PreconditionFailed", "304", "NotModified")
+READ_CHUNK = 1024 * 1024
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def bare(etag: str) -> str:
+    return etag.strip('"')
+
+
+def quoted(etag: str) -> str:
+    return f'"{bare(etag)}"'
+
+
+def sha256_of(s3, bucket: str, key: str, etag: str | None = None) -> str:
+    """Hex SHA-256 of an object, streamed in chunks so a large file never sits in memory.
+
+    With `etag`, only that version is read (If-Match): a file replaced meanwhile is refused.
+    """
+    conditions = {"IfMatch": quoted(etag)} if etag else {}
+    body = s3.get_object(Bucket=bucket, Key=key, **conditions)["Body"]
+    digest = hashlib.sha256()
+    for chunk in body.iter_chunks(READ_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
 def make_s3_client(settings: Settings):
     return boto3.client(
         "s3",
@@ -39,7 +72,7 @@ def ensure_bucket(s3, bucket: str) -> bool:
         s3.head_bucket(Bucket=bucket)
         return False
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+        if error_code(exc) not in (*NOT_FOUND, "NoSuchBucket"):
             raise
     s3.create_bucket(Bucket=bucket)
     return True

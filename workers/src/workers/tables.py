@@ -26,7 +26,7 @@ def newest_rows(engine: sa.Engine, table_name: str, limit: int) -> tuple[list[st
 def render(columns: list[str], rows: list[tuple]) -> str:
     cells = [columns] + [["" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(value.ljust(w) for value, w in zip(row, widths)).rstrip() for row in cells]
+    lines = ["  ".join(value.ljust(w) for value, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

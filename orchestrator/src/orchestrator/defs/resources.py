@@ -9,7 +9,6 @@ from typing import Any
 
 import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError
-
 from workers.runtime import RESULT_MARKER
 
 # Connection settings a worker reads from its environment. They are forwarded as environment,

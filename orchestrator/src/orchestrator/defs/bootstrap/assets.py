@@ -8,7 +8,5 @@ from orchestrator.defs.resources import WorkerLauncher
     kinds={"python", "s3"},
     description="Heartbeat: one `phase0_ok` row in bootstrap_heartbeat and bootstrap/hello.txt in the bucket.",
 )
-def bootstrap_heartbeat_asset(
-    context: dg.AssetExecutionContext, launcher: WorkerLauncher
-) -> dg.MaterializeResult:
+def bootstrap_heartbeat_asset(context: dg.AssetExecutionContext, launcher: WorkerLauncher) -> dg.MaterializeResult:
     return launcher.materialize(context=context, worker="heartbeat")

@@ -6,7 +6,10 @@ from orchestrator.defs.resources import WorkerLauncher
 @dg.asset(
     group_name="intake",
     kinds={"python"},
-    description="layout_registry, synced from the versioned workers/layout_definitions.json: counts added, changed, retired.",
+    description=(
+        "layout_registry, synced from the versioned workers/layout_definitions.json: "
+        "counts of layouts added, changed and retired."
+    ),
 )
 def sync_layout_registry(context: dg.AssetExecutionContext, launcher: WorkerLauncher) -> dg.MaterializeResult:
     return launcher.materialize(context=context, worker="layouts")

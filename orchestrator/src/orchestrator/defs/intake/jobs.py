@@ -12,21 +12,31 @@ TABLE_KEYS = ("file_table",)
 
 class GroupConfig(dg.Config):
     grouping_key: str = Field(description="The group's key prefix, e.g. inbox/acme/unknown/drop-001/")
-    grouping_method: str = Field(default="marker", description="How the group was judged complete: marker or quiescence")
+    grouping_method: str = Field(
+        default="marker", description="How the group was judged complete: marker or quiescence"
+    )
 
 
 @dg.op(out=dg.Out(str, is_required=False, description="The submission to stage"))
 def register_submission_from_group(context: dg.OpExecutionContext, config: GroupConfig, launcher: WorkerLauncher):
     """Classifier, then registrar: one submission (with its manifest) for the group's new content."""
     if config.grouping_method not in GROUPING_METHODS:
-        raise dg.Failure(description=f"grouping_method must be one of {GROUPING_METHODS}, not {config.grouping_method!r}")
+        raise dg.Failure(
+            description=f"grouping_method must be one of {GROUPING_METHODS}, not {config.grouping_method!r}"
+        )
     classified = launcher.run(context=context, worker="classifier", extras={"grouping_key": config.grouping_key})
-    extras = {"grouping_key": config.grouping_key, "grouping_method": config.grouping_method, "files": classified["files"]}
+    extras = {
+        "grouping_key": config.grouping_key,
+        "grouping_method": config.grouping_method,
+        "files": classified["files"],
+    }
     registered = launcher.run(context=context, worker="registrar", extras=extras)
     if not registered.get("submission_id"):
         context.log.warning(f"nothing registered for {config.grouping_key}: {registered.get('reason')}")
         return
-    yield dg.Output(registered["submission_id"], metadata=as_metadata({**registered, "classification": classified["counts"]}))
+    yield dg.Output(
+        registered["submission_id"], metadata=as_metadata({**registered, "classification": classified["counts"]})
+    )
 
 
 @dg.op

@@ -8,15 +8,15 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
-
-from orchestrator.defs.intake import jobs
-from workers import discovery
 from workers.inbox import InboxObject, list_objects
 from workers.settings import IntakeSettings, SettingsError, load_intake_settings, load_settings
 from workers.store import make_s3_client
+
+from orchestrator.defs.intake import jobs
+from workers import discovery
 
 SHOWN_KEYS = 5
 # Dagster's strict tag value form, so the tags filter and display everywhere.
@@ -26,7 +26,7 @@ NOT_IN_TAG_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
 
 def utc_now() -> datetime:
     """The sensor's clock: tests replace it to step through quiet windows without waiting."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def sensor_interval_seconds(env: Mapping[str, str] = os.environ) -> int:
@@ -86,7 +86,8 @@ def report(log, evaluation: discovery.Evaluation, intake: IntakeSettings) -> Non
     for upload in evaluation.abandoned_uploads:
         log.warning(
             f"multipart upload {upload.key!r} (upload id {upload.upload_id}, initiated {upload.initiated.isoformat()}) "
-            f"is older than {intake.abandoned_upload_hours:g} h: treated as abandoned, it no longer holds its group open"
+            f"is older than {intake.abandoned_upload_hours:g} h: treated as abandoned, "
+            "it no longer holds its group open"
         )
     if evaluation.blocked:
         log.info(f"{len(evaluation.blocked)} group(s) wait for multipart uploads: {first(list(evaluation.blocked))}")

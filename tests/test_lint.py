@@ -1,0 +1,20 @@
+"""The lint the Makefile's `lint` target runs: ruff's checks and its formatter, over the whole tree."""
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def ruff(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ruff", *args], cwd=REPO, capture_output=True, text=True)
+
+
+def test_ruff_finds_nothing():
+    done = ruff("check", ".")
+    assert done.returncode == 0, done.stdout
+
+
+def test_the_tree_is_formatted():
+    done = ruff("format", "--check", ".")
+    assert done.returncode == 0, done.stdout
