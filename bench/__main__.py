@@ -1,0 +1,142 @@
+"""python -m bench: discovery, staging, launch overhead and end to end, each against its floor, in one run.
+
+Starts what it needs (a SeaweedFS S3 server on free ports, a Postgres database of its own, and
+for the end-to-end part ./dev_up.sh in a temporary copy of the repository), writes the results
+as JSON and renders them as Markdown (by default bench/results/benchmarks.json and
+docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import machine, report, services
+
+PARTS = ("discovery", "staging", "launch", "end_to_end")
+SMOKE = {
+    "discovery_sizes": [60, 200],
+    "objects_per_group": 10,
+    "staging_mib": 4,
+    "repeats": 1,
+    "launch_repeats": 1,
+    "skip": ["end_to_end"],
+}
+
+
+def arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--discovery-sizes", type=sizes, default=[1000, 10_000, 100_000], help="objects in the inbox")
+    parser.add_argument("--objects-per-group", type=int, default=10, help="objects per inbox group (drop)")
+    parser.add_argument("--staging-mib", type=int, default=1024, help="size of the staged submission")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per discovery size and staging")
+    parser.add_argument("--launch-repeats", type=int, default=7, help="timed rounds of each launch")
+    parser.add_argument("--e2e-drops", type=int, default=10, help="drops put at once through dagster dev")
+    parser.add_argument("--e2e-singles", type=int, default=3, help="drops put one at a time (latency)")
+    parser.add_argument("--sensor-interval", type=int, default=5, help="SENSOR_INTERVAL_SECONDS for end to end")
+    parser.add_argument("--skip", type=lambda s: [p for p in s.split(",") if p], default=[], help=f"of {PARTS}")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round, no end to end (the test suite)")
+    parser.add_argument("--out", type=Path, help="write benchmarks.json and benchmarks.md into this directory")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        for name, value in SMOKE.items():
+            setattr(args, name, value)
+    unknown = set(args.skip) - set(PARTS)
+    if unknown:
+        parser.error(f"--skip takes parts of {PARTS}, not {sorted(unknown)}")
+    return args
+
+
+def sizes(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("a comma-separated list of positive object counts")
+    return values
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> dict:
+    results: dict = {}
+    skipped = {part: "skipped by --skip" + (" (--smoke)" if args.smoke else "") for part in args.skip}
+    with services.s3_server(workdir) as endpoint, services.postgres_database() as pg_url:
+        log(f"S3 server at {endpoint.url}, Postgres database {pg_url.rsplit('/', 1)[-1]}")
+        if "discovery" not in args.skip:
+            results["discovery"] = run_discovery(args, endpoint, workdir)
+        if "staging" not in args.skip:
+            results["staging"] = run_staging(args, endpoint, pg_url)
+        if "launch" not in args.skip:
+            results["launch"] = run_launch(args, endpoint, pg_url)
+    if "end_to_end" not in args.skip:
+        from bench import end_to_end
+
+        results["end_to_end"] = end_to_end.run(workdir, args.e2e_drops, args.e2e_singles, args.sensor_interval, log)
+    return results | {part: {"skipped": reason} for part, reason in skipped.items()}
+
+
+def run_discovery(args, endpoint: services.S3Endpoint, workdir: Path) -> dict:
+    services.create_bucket(endpoint, "bench-discovery")
+    # The sensor never opens the metadata DB: a path that is never created stands in for it.
+    env = services.platform_environment(f"sqlite:///{workdir / 'unused.db'}", endpoint, "bench-discovery")
+    with services.environment(env):
+        from bench import discovery
+
+        return discovery.run(
+            endpoint, "bench-discovery", args.discovery_sizes, args.objects_per_group, args.repeats, log
+        )
+
+
+def run_staging(args, endpoint: services.S3Endpoint, pg_url: str) -> dict:
+    services.create_bucket(endpoint, "bench-staging")
+    with services.environment(services.platform_environment(pg_url, endpoint, "bench-staging")):
+        from bench import staging
+
+        return staging.run(endpoint, "bench-staging", pg_url, args.staging_mib, args.repeats, log)
+
+
+def run_launch(args, endpoint: services.S3Endpoint, pg_url: str) -> dict:
+    services.create_bucket(endpoint, "bench-launch")
+    with services.environment(services.platform_environment(pg_url, endpoint, "bench-launch")):
+        from bench import launch
+
+        return launch.run(args.launch_repeats, log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
+    json_path = args.out / "benchmarks.json" if args.out else services.REPO / "bench/results/benchmarks.json"
+    md_path = args.out / "benchmarks.md" if args.out else services.REPO / "docs/benchmarks.md"
+    workdir = Path(tempfile.mkdtemp(prefix="hp-bench-"))
+    began = time.monotonic()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    try:
+        results = measure(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    document = {
+        "started_at": started_at,
+        "wall_seconds": time.monotonic() - began,
+        "smoke": args.smoke,
+        "options": {k: v for k, v in vars(args).items() if k != "out"},
+        "machine": machine.describe(),
+        **results,
+    }
+    document["targets"] = report.targets(document)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(report.render(document, json_path))
+    log(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""End to end: drops through `dagster dev` (sensor -> job -> staged), as ./dev_up.sh brings it up.
+
+dev_up.sh runs in a temporary copy of the repository (tracked and new files, as
+tests/test_dev_up.py makes it) on free ports, with SENSOR_INTERVAL_SECONDS small. The copy's
+.venv is a directory of links into this checkout's .venv, stamped as installed, so dev_up.sh
+skips pip and never writes into the shared venv. Two phases:
+- latency: single drops one after another, each timed from its marker's upload to its
+  submission's staged_at;
+- throughput: K drops at once, submissions per hour from the first marker to the last staged.
+Each run's start-up comes from Dagster's GraphQL: run creation to its first step's start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from bench.services import REPO, S3Endpoint, free_port, stop_process_group
+
+BUCKET = "health-raw"
+CLAIMS = b"member_id,amount\n1,10\n2,20\n"
+RUNS_QUERY = """{ runsOrError(filter: {pipelineName: "register_submission_from_group_job"}) {
+  ... on Runs { results { runId status creationTime startTime endTime tags { key value }
+    stepStats { stepKey startTime endTime } } } } }"""
+
+
+def fresh_copy(dest: Path) -> Path:
+    """The files a clone would have (tracked plus new, unignored), without .venv or .local."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def link_venv(copy: Path) -> None:
+    """copy/.venv: links to this checkout's venv entries, plus the install stamp scripts/install.sh expects."""
+    venv = copy / ".venv"
+    venv.mkdir()
+    for entry in (REPO / ".venv").iterdir():
+        if entry.name != ".installed":
+            (venv / entry.name).symlink_to(entry)
+    inputs = b"".join((copy / name).read_bytes() for name in INSTALL_INPUTS)
+    (venv / ".installed").write_text(hashlib.sha256(inputs).hexdigest()[:16] + "\n")
+
+
+INSTALL_INPUTS = ("constraints.txt", "workers/pyproject.toml", "orchestrator/pyproject.toml")
+
+
+class DevUp:
+    def __init__(self, copy: Path, sensor_interval: int):
+        self.copy = copy
+        self.dagster_port = free_port()
+        self.s3 = S3Endpoint(f"http://127.0.0.1:{free_port(with_internal_ports=True)}")
+        self.log = copy / "dev_up.out"
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("METADATA_", "MINIO_", "DAGSTER_"))}
+        inherited.pop("WORKER_LAUNCH_MODE", None)
+        self.env = inherited | {
+            "DAGSTER_PORT": str(self.dagster_port),
+            "MINIO_ENDPOINT": self.s3.url,
+            "SENSOR_INTERVAL_SECONDS": str(sensor_interval),
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 600) -> float:
+        began = time.monotonic()
+        self.proc = subprocess.Popen(
+            ["./dev_up.sh"],
+            cwd=self.copy,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        while "UI ready" not in self.log.read_text():
+            if self.proc.poll() is not None or time.monotonic() - began > timeout:
+                raise RuntimeError(f"dev_up.sh did not come up: {self.log.read_text()[-3000:]}")
+            time.sleep(1)
+        return time.monotonic() - began
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            stop_process_group(self.proc)
+
+    def graphql(self, query: str) -> dict:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.dagster_port}/graphql",
+            data=json.dumps({"query": query}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)["data"]
+
+    def staged(self) -> dict[str, datetime]:
+        """grouping key -> staged_at, from the dev metadata DB (SQLite)."""
+        engine = sa.create_engine(f"sqlite:///{self.copy / '.local/metadata.db'}")
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT grouping_key, staged_at FROM submission WHERE status = 'staged'"))
+            result = {key: as_utc(value) for key, value in rows}
+        engine.dispose()
+        return result
+
+
+def as_utc(value) -> datetime:
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def drop(s3, name: str) -> tuple[str, float]:
+    """One drop, data first and marker last; (grouping key, marker upload time)."""
+    key = f"inbox/bench/unknown/{name}/"
+    s3.put_object(Bucket=BUCKET, Key=key + "medical_claims.csv", Body=CLAIMS)
+    s3.put_object(Bucket=BUCKET, Key=key + "_SUCCESS", Body=b"")
+    return key, time.time()
+
+
+def wait_staged(platform: DevUp, keys: set[str], timeout: float) -> dict[str, datetime]:
+    deadline = time.monotonic() + timeout
+    while True:
+        staged = platform.staged()
+        if keys <= staged.keys():
+            return {k: staged[k] for k in keys}
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(keys - staged.keys())} of {len(keys)} drops not staged in {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def run_breakdown(platform: DevUp, markers: dict[str, float], staged: dict[str, datetime]) -> list[dict]:
+    """Per drop: marker -> run created (sensor) -> first step starts (run start-up) -> steps -> staged."""
+    runs = platform.graphql(RUNS_QUERY)["runsOrError"]["results"]
+    by_drop = {tag_value(run, "health-intake/drop"): run for run in runs if run["status"] == "SUCCESS"}
+    rows = []
+    for key, marker_at in markers.items():
+        run = by_drop[key.rstrip("/").rsplit("/", 1)[-1]]
+        steps = [s for s in run["stepStats"] if s["startTime"] and s["endTime"]]
+        first_step = min(s["startTime"] for s in steps)
+        latency = staged[key].timestamp() - marker_at
+        rows.append(
+            {
+                "grouping_key": key,
+                "latency_seconds": latency,
+                "sensor_wait_seconds": run["creationTime"] - marker_at,
+                "run_start_up_seconds": first_step - run["creationTime"],
+                "steps_seconds": sum(s["endTime"] - s["startTime"] for s in steps),
+                "run_seconds": run["endTime"] - run["creationTime"],
+            }
+        )
+        rows[-1]["run_start_up_share_of_latency"] = rows[-1]["run_start_up_seconds"] / latency
+    return rows
+
+
+def bare_chain(platform: DevUp, name: str) -> float:
+    """The floor: the job's three workers as bare processes, one after another, on a drop under
+    another INBOX_PREFIX (so the sensor never sees it); seconds from the first spawn to the last exit."""
+    key = f"floor/bench/unknown/{name}/"
+    s3 = platform.s3.client()
+    s3.put_object(Bucket=BUCKET, Key=key + "medical_claims.csv", Body=CLAIMS)
+    s3.put_object(Bucket=BUCKET, Key=key + "_SUCCESS", Body=b"")
+    began = time.perf_counter()
+    in_dev_shell(platform, f"python -m workers.classifier --grouping-key {key}")
+    registered = json.loads(in_dev_shell(platform, f"python -m workers.registrar --grouping-key {key}"))
+    in_dev_shell(platform, f"python -m workers.stager --submission-id {registered['submission_id']}")
+    return time.perf_counter() - began
+
+
+def in_dev_shell(platform: DevUp, command: str) -> str:
+    done = subprocess.run(
+        ["bash", "-c", f"source .local/dev.env && INBOX_PREFIX=floor/ {command}"],
+        cwd=platform.copy,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{command}: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def tag_value(run: dict, key: str) -> str | None:
+    return next((t["value"] for t in run["tags"] if t["key"] == key), None)
+
+
+def summary(rows: list[dict]) -> dict:
+    names = [k for k in rows[0] if k != "grouping_key"]
+    return {name: statistics.median(row[name] for row in rows) for name in names}
+
+
+def run(workdir: Path, drops: int, singles: int, sensor_interval: int, log) -> dict:
+    copy = fresh_copy(workdir / "repo")
+    link_venv(copy)
+    platform = DevUp(copy, sensor_interval)
+    try:
+        up_seconds = platform.start()
+        log(f"end to end: dev_up.sh up in {up_seconds:.0f} s (dagster :{platform.dagster_port}, S3 {platform.s3.url})")
+        s3 = platform.s3.client()
+        single_rows = []
+        for i in range(singles):
+            key, marker_at = drop(s3, f"single-{i:03d}")
+            staged = wait_staged(platform, {key}, timeout=300 + sensor_interval)
+            single_rows += run_breakdown(platform, {key: marker_at}, staged)
+            log(f"end to end: single drop {i + 1}: {single_rows[-1]['latency_seconds']:.1f} s marker to staged")
+        markers = dict(drop(s3, f"burst-{i:03d}") for i in range(drops))
+        began = min(markers.values())
+        staged = wait_staged(platform, set(markers), timeout=120 + 60 * drops)
+        elapsed = max(moment.timestamp() for moment in staged.values()) - began
+        burst_rows = run_breakdown(platform, markers, staged)
+        log(f"end to end: {drops} drops at once staged in {elapsed:.1f} s")
+        floors = [bare_chain(platform, f"floor-{i:03d}") for i in range(max(singles, 1))]
+        log(f"end to end: the three workers as bare processes: {statistics.median(floors):.1f} s")
+    finally:
+        platform.stop()
+    return {
+        "sensor_interval_seconds": sensor_interval,
+        "metadata_db": "sqlite (dev mode default)",
+        "dev_up_seconds": up_seconds,
+        "floor_bare_worker_chain_seconds": statistics.median(floors),
+        "all_floor_seconds": floors,
+        "single_drops": {"count": singles, "median": summary(single_rows), "drops": single_rows},
+        "burst": {
+            "drops": drops,
+            "seconds_first_marker_to_last_staged": elapsed,
+            "submissions_per_hour": drops * 3600 / elapsed,
+            "median": summary(burst_rows),
+            "drops_detail": burst_rows,
+        },
+    }

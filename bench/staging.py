@@ -1,0 +1,213 @@
+"""Staging: the stager over one registered submission, against the floor and a naive copy.
+
+The submission is made by the real classifier and registrar. Each variant copies the same inbox
+files with the stager's parallelism (FILE_WORKERS) into a prefix of its own, which is removed
+before the next variant runs:
+- floor: one server-side CopyObject per file plus one streamed SHA-256 read of the copy;
+- stager: `stage_submission`, inbox kept (the submission is reset to registered between rounds);
+- naive: download each file to a temporary file while hashing it, then upload it again.
+The stager's inbox clean-up (STAGER_DELETE_INBOX=true) is timed once, apart, at the very end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from workers.db import Submission, SubmissionFile, make_engine
+from workers.settings import load_settings
+from workers.store import make_s3_client, sha256_of
+
+from bench.services import S3Endpoint
+from workers import classifier, layouts, registrar, stager
+
+MiB = 1024 * 1024
+GROUP = "inbox/bench/unknown/staging-drop/"
+LARGE_FILES = 4
+SMALL_FILE = 256 * 1024
+LARGE_SHARE = 0.75
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    inbox_key: str
+    raw_key: str
+    size: int
+    sha256: str
+
+
+def file_sizes(total_mib: int) -> list[int]:
+    """A mix: LARGE_SHARE of the bytes in LARGE_FILES files, the rest in 256 KiB files."""
+    total = total_mib * MiB
+    large = int(total * LARGE_SHARE) // LARGE_FILES
+    small_count = max(1, (total - large * LARGE_FILES) // SMALL_FILE)
+    return [large] * LARGE_FILES + [SMALL_FILE] * small_count
+
+
+def drop_submission(endpoint: S3Endpoint, bucket: str, total_mib: int) -> int:
+    """Put the files and the marker into the inbox, as a partner would; the bytes put."""
+    s3 = endpoint.client(connections=8)
+    sizes = file_sizes(total_mib)
+
+    def put(item: tuple[int, int]) -> None:
+        index, size = item
+        kind = "large" if size > SMALL_FILE else "small"
+        body = os.urandom(size)
+        s3.put_object(Bucket=bucket, Key=f"{GROUP}{kind}/file-{index:05d}.bin", Body=body)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, enumerate(sizes)))
+    s3.put_object(Bucket=bucket, Key=GROUP + "_SUCCESS", Body=b"")
+    return sum(sizes)
+
+
+def register(db_url: str) -> str:
+    """The real classifier and registrar over the drop; the submission id."""
+    settings = load_settings()
+    engine = make_engine(db_url)
+    layouts.sync(engine, layouts.parse_definitions(layouts.packaged_definitions())[1])
+    engine.dispose()
+    files = classifier.work(settings, {"grouping_key": GROUP})["files"]
+    result = registrar.work(settings, {"grouping_key": GROUP, "grouping_method": "marker", "files": files})
+    return result["submission_id"]
+
+
+def source_files(db_url: str, submission_id: str) -> list[SourceFile]:
+    engine = make_engine(db_url)
+    with Session(engine) as session:
+        rows = session.scalars(select_files(submission_id)).all()
+        files = [SourceFile(r.inbox_key, r.raw_key, r.size_bytes, r.sha256) for r in rows]
+    engine.dispose()
+    return files
+
+
+def select_files(submission_id: str):
+    return sa.select(SubmissionFile).where(SubmissionFile.submission_id == submission_id)
+
+
+def reset_submission(db_url: str, submission_id: str) -> None:
+    """Back to registered, so the next round copies everything again."""
+    engine = make_engine(db_url)
+    with Session(engine) as session, session.begin():
+        session.execute(
+            sa.update(Submission)
+            .where(Submission.submission_id == submission_id)
+            .values(status="registered", staged_at=None)
+        )
+        session.execute(
+            sa.update(SubmissionFile).where(SubmissionFile.submission_id == submission_id).values(staged_at=None)
+        )
+    engine.dispose()
+
+
+def remove_keys(s3, bucket: str, keys: list[str]) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: s3.delete_object(Bucket=bucket, Key=key), keys))
+
+
+def floor_copy(s3, bucket: str, files: list[SourceFile], workers: int) -> None:
+    def one(f: SourceFile) -> None:
+        target = "bench-floor/" + f.raw_key
+        s3.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": f.inbox_key})
+        if sha256_of(s3, bucket, target) != f.sha256:
+            raise RuntimeError(f"floor copy of {f.inbox_key} does not match")
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, files))
+
+
+def naive_copy(s3, bucket: str, files: list[SourceFile], workers: int) -> None:
+    def one(f: SourceFile) -> None:
+        digest = hashlib.sha256()
+        with tempfile.TemporaryFile() as spool:
+            for chunk in s3.get_object(Bucket=bucket, Key=f.inbox_key)["Body"].iter_chunks(MiB):
+                digest.update(chunk)
+                spool.write(chunk)
+            if digest.hexdigest() != f.sha256:
+                raise RuntimeError(f"download of {f.inbox_key} does not match")
+            spool.seek(0)
+            s3.upload_fileobj(spool, bucket, "bench-naive/" + f.raw_key)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, files))
+
+
+def run_stager(db_url: str, submission_id: str, delete_inbox: bool) -> dict:
+    settings = load_settings()
+    engine = make_engine(db_url)
+    try:
+        return stager.stage_submission(
+            engine=engine,
+            s3=make_s3_client(settings),
+            bucket=settings.bucket,
+            submission_id=submission_id,
+            raw_root="raw/",
+            delete_inbox=delete_inbox,
+        )
+    finally:
+        engine.dispose()
+
+
+def run(endpoint: S3Endpoint, bucket: str, db_url: str, total_mib: int, repeats: int, log) -> dict:
+    began = time.perf_counter()
+    total_bytes = drop_submission(endpoint, bucket, total_mib)
+    submission_id = register(db_url)
+    files = source_files(db_url, submission_id)
+    log(
+        f"staging: {len(files)} files, {total_bytes / MiB:.0f} MiB dropped and registered in "
+        f"{time.perf_counter() - began:.0f} s"
+    )
+    s3 = endpoint.client(connections=stager.FILE_WORKERS * stager.PART_WORKERS)
+    workers = stager.FILE_WORKERS
+    raw_keys = [f.raw_key for f in files]
+    variants = {
+        "floor_copy_and_hash": (
+            lambda: floor_copy(s3, bucket, files, workers),
+            lambda: remove_keys(s3, bucket, ["bench-floor/" + k for k in raw_keys]),
+        ),
+        "stager": (
+            lambda: run_stager(db_url, submission_id, delete_inbox=False),
+            lambda: (remove_keys(s3, bucket, raw_keys), reset_submission(db_url, submission_id)),
+        ),
+        "naive_download_upload": (
+            lambda: naive_copy(s3, bucket, files, workers),
+            lambda: remove_keys(s3, bucket, ["bench-naive/" + k for k in raw_keys]),
+        ),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, (call, undo) in variants.items():
+            started = time.perf_counter()
+            call()
+            seconds[name].append(time.perf_counter() - started)
+            undo()
+    started = time.perf_counter()
+    report = run_stager(db_url, submission_id, delete_inbox=True)
+    with_cleanup = time.perf_counter() - started
+    if report["files_copied"] != len(files) or report["inbox_objects_removed"] != len(files) + 1:
+        raise RuntimeError(f"the stager did not stage and clean every file: {report}")
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    medians["stager_with_inbox_cleanup"] = with_cleanup
+    floor = medians["floor_copy_and_hash"]
+    mib = total_bytes / MiB
+    return {
+        "files": len(files),
+        "large_files": sum(f.size > SMALL_FILE for f in files),
+        "small_file_bytes": SMALL_FILE,
+        "total_mib": mib,
+        "file_workers": workers,
+        "repeats": repeats,
+        "db_dialect": sa.make_url(db_url).get_backend_name(),
+        "seconds": medians,
+        "all_seconds": seconds,
+        "mib_per_second": {name: mib / value for name, value in medians.items()},
+        # Throughput ratio: above 1 is faster than the floor.
+        "throughput_ratio_to_floor": {name: floor / value for name, value in medians.items()},
+    }
