@@ -64,16 +64,18 @@ def free_port_block(size: int = 1, lo: int = 20000, hi: int = 50000) -> int:
     raise RuntimeError("no free port block found")
 
 
-def start_s3_server(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
-    while True:
+def start_s3_server(
+    data_dir: Path, log_path: Path, keys: tuple[str, str] = S3_KEYS, port: int | None = None
+) -> tuple[subprocess.Popen, int]:
+    while port is None:
         port = free_port_block()
-        if all(port_is_free(p) for p in range(port + 10000, port + 10009)):
-            break
-    env = {**os.environ, "MINIO_ACCESS_KEY": S3_KEYS[0], "MINIO_SECRET_KEY": S3_KEYS[1]}
+        if not all(port_is_free(p) for p in range(port + 10000, port + 10009)):
+            port = None
+    env = {**os.environ, "MINIO_ACCESS_KEY": keys[0], "MINIO_SECRET_KEY": keys[1]}
     proc = subprocess.Popen(
         [str(REPO / "scripts/s3_server.sh"), str(data_dir), str(port)],
         env=env,
-        stdout=log_path.open("wb"),
+        stdout=log_path.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )

@@ -121,9 +121,21 @@ class DevUp:
         return self.proc.wait(timeout=60)
 
     def kill_leftovers(self) -> None:
+        """After a failed test: Ctrl-C first (dev_up.sh stops what it started), then kill whatever still
+        runs in the copy (its children run in sessions of their own, so a group kill misses them)."""
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-KILL", "-f", str(self.copy)], check=False)
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        for proc in Path("/proc").iterdir():
+            try:
+                inside = proc.name.isdigit() and Path(os.readlink(proc / "cwd")).is_relative_to(self.copy)
+            except OSError:
+                continue
+            if inside:
+                os.kill(int(proc.name), signal.SIGKILL)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from workers import classifier
 from workers.db import InboxObject as InboxObjectRow
 from workers.db import Submission, SubmissionFile, make_engine, utcnow
+from workers.faults import checkpoint
 from workers.inbox import UNKNOWN, Group, InboxObject, fingerprint, group_from_params, list_objects, relative_path
 from workers.manifest import Manifest, ManifestFile, manifest_key_for, raw_prefix_for
 from workers.runtime import Metadata, WorkerError, run_worker
@@ -117,6 +118,7 @@ def _register_new(engine, s3, bucket, intake, group, grouping_method, new_files,
         if session.scalar(select(Submission.id).where(Submission.submission_id == submission_id)):
             return submission_id, False  # registered by an earlier, interrupted run
     hashes = hash_files(s3, bucket, new_files)
+    checkpoint("registrar.hashed")
     file_type = submission_file_type(group, new_files)
     raw_prefix = raw_prefix_for(intake.raw_prefix, group.submitter_id, file_type, submission_id)
     submission = Submission(
@@ -144,9 +146,12 @@ def _register_new(engine, s3, bucket, intake, group, grouping_method, new_files,
             session.add(submission)
             session.flush()
             session.add_all(rows + seen)
+            session.flush()
+            checkpoint("registrar.rows_flushed")
     except IntegrityError:
         # Another registrar committed the same content first: that submission is the one.
         return _by_content(engine, group.grouping_key, content_hash, new_files), False
+    checkpoint("registrar.committed")
     return submission_id, True
 
 
@@ -257,6 +262,7 @@ def ensure_manifest(engine: Engine, s3, bucket: str, submission_id: str) -> Mani
             raise WorkerError(
                 f"a different manifest already exists at {submission.manifest_key}; refusing to overwrite"
             ) from None
+    checkpoint("registrar.manifest_put")
     with Session(engine) as session, session.begin():
         row = session.scalar(select(Submission).where(Submission.submission_id == submission_id))
         row.manifest_written_at = row.manifest_written_at or utcnow()

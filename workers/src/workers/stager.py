@@ -21,6 +21,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from workers.db import InboxObject, Submission, SubmissionFile, make_engine, utcnow
+from workers.faults import checkpoint
 from workers.manifest import Manifest
 from workers.runtime import Metadata, WorkerError, describe_failure, run_worker
 from workers.settings import Settings, load_intake_settings
@@ -65,7 +66,9 @@ def stage_submission(
     else:
         check_manifest(read_manifest(s3, bucket, submission.manifest_key), submission, files)
         staged = copy_files(engine, s3, bucket, files, transfer_config(multipart_threshold), file_workers)
+        checkpoint("stager.files_marked")
         mark_submission_staged(engine, submission_id)
+        checkpoint("stager.submission_staged")
     removed, kept = clean_inbox(engine, s3, bucket, submission_id) if delete_inbox else (0, 0)
     return report(submission_id, staged, removed, kept)
 
@@ -146,7 +149,9 @@ def copy_files(
             except Exception as exc:  # noqa: BLE001 - reported together once every file has had its try
                 failures.append(describe_failure(exc, None))
                 continue
+            checkpoint("stager.verified")
             mark_file_staged(engine, staged.raw_key)
+            checkpoint("stager.marked")
             done.append(staged)
     if failures:
         raise WorkerError(f"{len(failures)} of {len(files)} files not staged; first: {sorted(failures)[0]}")
@@ -175,6 +180,7 @@ def stage_file(s3, bucket: str, file: SubmissionFile, config: TransferConfig) ->
         if error_code(exc) in NOT_FOUND:
             raise WorkerError(f"inbox object {file.inbox_key} is gone; not staged") from None
         raise
+    checkpoint("stager.copied")
     if sha256_of(s3, bucket, file.raw_key) != file.sha256:
         raise WorkerError(f"copy at {file.raw_key} does not match the manifest's SHA-256; left in place for inspection")
     return StagedFile(file.raw_key, file.size_bytes, file.sha256, copied=True)
@@ -221,6 +227,7 @@ def clean_inbox(engine: Engine, s3, bucket: str, submission_id: str) -> tuple[in
     # The marker goes first: a group caught half-removed must not look complete to the sensor.
     for obj in sorted(pending, key=lambda o: o.role != "marker"):
         if remove_if_unchanged(s3, bucket, obj.key, bare(obj.etag)):
+            checkpoint("stager.inbox_deleted")
             mark_inbox_removed(engine, obj.id)
             removed += 1
         else:
