@@ -97,6 +97,8 @@ build_python_base() {
       --include=python3,python3-venv,python3-pip,python-is-python3,ca-certificates \
       bookworm "$root" "$(debian_mirror)" >"$CACHE/debootstrap.log" 2>&1 \
       || { tail -n 20 "$CACHE/debootstrap.log" >&2; die "debootstrap failed"; }
+    # This machine's CA bundle (it may hold a proxy's CA): without it pip in a build finds nothing.
+    cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
     # Package lists and caches only make the image bigger.
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* \
       "$root"/usr/share/man/* "$root"/usr/share/locale/*
