@@ -6,11 +6,13 @@ the real time because the S3 server stamps multipart uploads' Initiated with the
 """
 
 import logging
+import os
 import re
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 from botocore.exceptions import EndpointConnectionError
 from orchestrator.definitions import defs
 from orchestrator.defs.intake import sensors
@@ -18,7 +20,7 @@ from orchestrator.defs.intake.sensors import inbox_discovery_sensor, sensor_inte
 from workers.discovery import load_state
 from workers.settings import SettingsError
 
-from tests.conftest import platform_environment
+from tests.conftest import migrate, platform_environment
 
 DROP = "inbox/acme/unknown/drop-001/"
 STRICT_TAG_VALUE = re.compile(r"[A-Za-z0-9_.-]{0,63}")
@@ -92,11 +94,11 @@ class Ticks:
 
 @pytest.fixture
 def inbox(monkeypatch, tmp_path, s3_server, bucket) -> Inbox:
-    """The environment the sensor reads, pointed at this test's bucket.
-
-    The sensor never opens the metadata DB, so an SQLite path that is never created stands in for it.
-    """
-    for name, value in platform_environment(f"sqlite:///{tmp_path / 'unused.db'}", s3_server, bucket).items():
+    """The environment the sensor reads, pointed at this test's bucket and a migrated SQLite DB
+    (the sensor records keys that form no group in inbox_rejection)."""
+    db_url = f"sqlite:///{tmp_path / 'metadata.db'}"
+    migrate(db_url)
+    for name, value in platform_environment(db_url, s3_server, bucket).items():
         monkeypatch.setenv(name, value)
     return Inbox(s3_server.client(), bucket)
 
@@ -267,6 +269,22 @@ def test_shallow_keys_are_warned_about_every_tick(inbox, clock, ticks):
     assert len(shallow) == 2
     assert shallow[0].startswith("2 inbox object(s)")
     assert "'inbox/acme/x.csv'" in shallow[0] and "'inbox/top.csv'" in shallow[0]
+
+
+def test_keys_that_form_no_group_are_recorded_once_with_their_reason(inbox, clock, ticks):
+    inbox.put("inbox/top.csv", "inbox/acme/unknown/d/sub/", DROP + "_SUCCESS")
+
+    ticks.tick()
+    ticks.tick()
+
+    engine = sa.create_engine(os.environ["METADATA_DB_URL"])
+    with engine.connect() as conn:
+        rows = dict(conn.execute(sa.text("SELECT key, reason FROM inbox_rejection")).all())
+    engine.dispose()
+    assert rows == {
+        "inbox/top.csv": "too shallow: a file needs 3 folders under inbox/ (submitter/file type/drop id)",
+        "inbox/acme/unknown/d/sub/": "folder placeholder (the key ends with '/'), not a file",
+    }
 
 
 def test_odd_keys_keep_their_grouping_key_and_get_valid_tags(inbox, clock, ticks):

@@ -82,12 +82,13 @@ def load_classifier(name: str) -> Classifier:
 def classify_group(
     group: Group, objects: Sequence[InboxObject], layouts: Sequence[Layout], classifier: Classifier, marker: str
 ) -> list[dict[str, Any]]:
-    """One record per data file (the marker at the group root is not data)."""
+    """One record per data file. An empty marker at the group root is not data; a marker with
+    content is, so that its bytes are registered and staged rather than lost with the marker."""
     marker_key = group.grouping_key + marker
     return [
         {"key": obj.key, "size": obj.size, "etag": obj.etag, **asdict(classifier(group, obj, layouts))}
         for obj in objects
-        if obj.key != marker_key
+        if obj.key != marker_key or obj.size > 0
     ]
 
 

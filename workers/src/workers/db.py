@@ -94,9 +94,13 @@ class Submission(Base):
     manifest_key: Mapped[str] = mapped_column(String(1200))
     file_count: Mapped[int] = mapped_column(Integer)
     total_bytes: Mapped[int] = mapped_column(BigInteger)
-    # registered -> staged; manifest_written_at is set once the manifest object exists.
+    # registered -> staged, or duplicate (never staged); manifest_written_at is set once the manifest exists.
     status: Mapped[str] = mapped_column(String(40), default="registered")
     previous_submission_id: Mapped[str | None] = mapped_column(String(64))
+    # SHA-256 over the sorted file SHA-256s: the same bytes delivered again under a new drop id
+    # share it, and that submission is recorded as a duplicate of the first, not staged twice.
+    content_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    duplicate_of: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     manifest_written_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     staged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -142,3 +146,19 @@ class InboxObject(Base):
     role: Mapped[str] = mapped_column(String(20))  # data | marker
     observed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class InboxRejection(Base):
+    """An inbox object the platform did not register, and why: operators query this, not the logs."""
+
+    __tablename__ = "inbox_rejection"
+    __table_args__ = (UniqueConstraint("key", "etag"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(1200))
+    etag: Mapped[str] = mapped_column(String(200))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    grouping_key: Mapped[str | None] = mapped_column(String(1200))
+    reason: Mapped[str] = mapped_column(String(500))
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -61,6 +61,17 @@ def group_of(key: str, inbox_prefix: str, depth: int) -> Group | None:
     return Group(grouping_key=grouping_key, submitter_id=segments[0], declared_file_type=declared)
 
 
+def rejection_reason(key: str, inbox_prefix: str, depth: int) -> str:
+    """Why a key forms no group (group_of returned None), in an operator's words."""
+    if not key.startswith(inbox_prefix):
+        return f"outside {inbox_prefix}"
+    if key.endswith("/"):
+        return "folder placeholder (the key ends with '/'), not a file"
+    if "//" in key[len(inbox_prefix) :] or key[len(inbox_prefix) :].startswith("/"):
+        return "empty path segment ('//') in the key"
+    return f"too shallow: a file needs {depth} folders under {inbox_prefix} (submitter/file type/drop id)"
+
+
 def parse_grouping_key(grouping_key: str, inbox_prefix: str, depth: int) -> Group:
     """The Group for a grouping key given by an operator or the sensor; ValueError when malformed."""
     group = group_of(grouping_key + "x", inbox_prefix, depth)

@@ -36,6 +36,7 @@ class Manifest:
     grouping_method: str
     previous_submission_id: str | None
     files: tuple[ManifestFile, ...]
+    duplicate_of: str | None = None
 
     def to_bytes(self) -> bytes:
         body = {"manifest_version": MANIFEST_VERSION, **asdict(self)}
@@ -48,7 +49,7 @@ class Manifest:
         if body.get("manifest_version") != MANIFEST_VERSION:
             raise ValueError(f"unsupported manifest_version {body.get('manifest_version')!r}")
         files = tuple(ManifestFile(**f) for f in body["files"])
-        fields = {k: body[k] for k in cls.__dataclass_fields__ if k != "files"}
+        fields = {k: body.get(k) for k in cls.__dataclass_fields__ if k != "files"}
         return cls(**fields, files=files)
 
 

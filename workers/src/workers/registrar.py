@@ -26,11 +26,13 @@ from workers.db import Submission, SubmissionFile, make_engine, utcnow
 from workers.faults import checkpoint
 from workers.inbox import UNKNOWN, Group, InboxObject, fingerprint, group_from_params, list_objects, relative_path
 from workers.manifest import Manifest, ManifestFile, manifest_key_for, raw_prefix_for
+from workers.outcomes import record_rejections
 from workers.runtime import Metadata, WorkerError, run_worker
 from workers.settings import IntakeSettings, Settings, load_intake_settings
 from workers.store import PRECONDITION_FAILED, error_code, make_s3_client, sha256_of
 
 GROUPING_METHODS = ("marker", "quiescence")
+MAX_KEY_BYTES = 1024  # S3's limit on a key, in UTF-8 bytes
 HASH_THREADS = 8
 
 
@@ -76,15 +78,53 @@ def register(
     observed = observed_objects(s3, bucket, group, files, intake.marker_file)
     with Session(engine) as session:
         known = already_registered(session, files)
-    new_files = [f for f in files if (f["key"], f["etag"]) not in known]
+    new_files, too_long = split_too_long([f for f in files if (f["key"], f["etag"]) not in known], group, intake)
+    rejections = [(obj, f"raw key would exceed {MAX_KEY_BYTES} bytes", group.grouping_key) for obj in too_long]
     if not new_files and not known:
-        return {"submission_id": None, "grouping_key": group.grouping_key, "reason": "the group holds no data files"}
+        marker = [obj for obj in observed if obj.key == group.grouping_key + intake.marker_file]
+        record_rejections(
+            engine, rejections + [(m, "completion marker without data files", group.grouping_key) for m in marker]
+        )
+        reason = "the group holds no data files" if not too_long else "no file could be registered"
+        return {"submission_id": None, "grouping_key": group.grouping_key, "reason": reason, "rejected": len(too_long)}
+    record_rejections(engine, rejections)
     if new_files:
         submission_id, created = _register_new(engine, s3, bucket, intake, group, grouping_method, new_files, observed)
     else:
         submission_id, created = _latest(engine, set(known.values())), False
     manifest = ensure_manifest(engine, s3, bucket, submission_id)
     return report(engine, manifest, created)
+
+
+def split_too_long(files: Sequence[Mapping[str, Any]], group: Group, intake: IntakeSettings) -> tuple[list, list]:
+    """Files whose raw key could exceed S3's 1,024-byte limit are rejected, not half-staged."""
+    types = [group.declared_file_type, UNKNOWN, *(f["file_type"] for f in files)]
+    longest = max(len(t.encode()) for t in types)
+    prefix_bytes = len(raw_prefix_for(intake.raw_prefix, group.submitter_id, "", "sub-" + "0" * 24).encode()) + longest
+    fits = [
+        f for f in files if prefix_bytes + len(relative_path(f["key"], group.grouping_key).encode()) <= MAX_KEY_BYTES
+    ]
+    fitting = {f["key"] for f in fits}
+    return fits, [InboxObject(f["key"], f["size"], f["etag"]) for f in files if f["key"] not in fitting]
+
+
+def content_sha256_of(hashes: Mapping[str, str]) -> str:
+    return hashlib.sha256("\n".join(sorted(hashes.values())).encode()).hexdigest()
+
+
+def _original(engine: Engine, submitter_id: str, content_sha256: str, grouping_key: str) -> str | None:
+    """The first submission of the same submitter with the same bytes under another drop."""
+    with Session(engine) as session:
+        return session.scalar(
+            select(Submission.submission_id)
+            .where(
+                Submission.submitter_id == submitter_id,
+                Submission.content_sha256 == content_sha256,
+                Submission.grouping_key != grouping_key,
+                Submission.duplicate_of.is_(None),
+            )
+            .order_by(Submission.id)
+        )
 
 
 def already_registered(session: Session, files: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
@@ -119,6 +159,8 @@ def _register_new(engine, s3, bucket, intake, group, grouping_method, new_files,
             return submission_id, False  # registered by an earlier, interrupted run
     hashes = hash_files(s3, bucket, new_files)
     checkpoint("registrar.hashed")
+    content_sha256 = content_sha256_of(hashes)
+    duplicate_of = _original(engine, group.submitter_id, content_sha256, group.grouping_key)
     file_type = submission_file_type(group, new_files)
     raw_prefix = raw_prefix_for(intake.raw_prefix, group.submitter_id, file_type, submission_id)
     submission = Submission(
@@ -132,8 +174,10 @@ def _register_new(engine, s3, bucket, intake, group, grouping_method, new_files,
         manifest_key=manifest_key_for(raw_prefix),
         file_count=len(new_files),
         total_bytes=sum(f["size"] for f in new_files),
-        status="registered",
+        status="duplicate" if duplicate_of else "registered",
         previous_submission_id=_previous(engine, group.grouping_key),
+        content_sha256=content_sha256,
+        duplicate_of=duplicate_of,
     )
     rows = [_file_row(submission_id, raw_prefix, group, f, hashes[f["key"]]) for f in new_files]
     seen = [
@@ -225,6 +269,7 @@ def load_manifest(engine: Engine, submission_id: str) -> tuple[Submission, Manif
         grouping_key=submission.grouping_key,
         grouping_method=submission.grouping_method,
         previous_submission_id=submission.previous_submission_id,
+        duplicate_of=submission.duplicate_of,
         files=tuple(
             ManifestFile(
                 inbox_key=f.inbox_key,
@@ -282,6 +327,7 @@ def report(engine: Engine, manifest: Manifest, created: bool) -> Metadata:
         "grouping_key": manifest.grouping_key,
         "grouping_method": manifest.grouping_method,
         "previous_submission_id": manifest.previous_submission_id or "",
+        "duplicate_of": manifest.duplicate_of or "",
         "file_count": len(manifest.files),
         "total_bytes": sum(f.size_bytes for f in manifest.files),
         "raw_prefix": raw_prefix,

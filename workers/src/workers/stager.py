@@ -59,9 +59,12 @@ def stage_submission(
 ) -> Metadata:
     """Stage one registered submission; an already-staged one only gets its inbox cleanup."""
     submission, files = load_submission(engine, submission_id, raw_root)
-    if submission.status not in ("registered", "staged"):
+    if submission.status not in ("registered", "staged", "duplicate"):
         raise WorkerError(f"submission {submission_id} is {submission.status!r}; only a registered one is staged")
-    if submission.status == "staged":
+    if submission.status == "duplicate":
+        # Its bytes are already in the raw zone under the original submission: nothing is copied.
+        staged = []
+    elif submission.status == "staged":
         staged = [StagedFile(f.raw_key, f.size_bytes, f.sha256, copied=False) for f in files]
     else:
         check_manifest(read_manifest(s3, bucket, submission.manifest_key), submission, files)
@@ -70,7 +73,8 @@ def stage_submission(
         mark_submission_staged(engine, submission_id)
         checkpoint("stager.submission_staged")
     removed, kept = clean_inbox(engine, s3, bucket, submission_id) if delete_inbox else (0, 0)
-    return report(submission_id, staged, removed, kept)
+    status = "duplicate" if submission.status == "duplicate" else "staged"
+    return report(submission_id, staged, removed, kept, status)
 
 
 def load_submission(engine: Engine, submission_id: str, raw_root: str) -> tuple[Submission, list[SubmissionFile]]:
@@ -261,12 +265,14 @@ def mark_inbox_removed(engine: Engine, inbox_object_id: int) -> None:
         )
 
 
-def report(submission_id: str, staged: Iterable[StagedFile], removed: int, kept: int) -> Metadata:
+def report(
+    submission_id: str, staged: Iterable[StagedFile], removed: int, kept: int, status: str = "staged"
+) -> Metadata:
     staged = list(staged)
     copied = [s for s in staged if s.copied]
     return {
         "submission_id": submission_id,
-        "status": "staged",
+        "status": status,
         "files_copied": len(copied),
         "files_already_staged": len(staged) - len(copied),
         "bytes_copied": sum(s.size_bytes for s in copied),

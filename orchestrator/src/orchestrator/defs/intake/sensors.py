@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import dagster as dg
-from workers.inbox import InboxObject, list_objects
+from workers.db import make_engine
+from workers.inbox import InboxObject, list_objects, rejection_reason
+from workers.outcomes import record_rejections
 from workers.settings import IntakeSettings, SettingsError, load_intake_settings, load_settings
 from workers.store import make_s3_client
 
@@ -50,6 +52,7 @@ def inbox_discovery_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResu
     objects, uploads = look_at_inbox(intake)
     evaluation = discovery.evaluate(objects, uploads, previous_state(context), utc_now(), intake)
     report(context.log, evaluation, intake)
+    record_shallow(objects, evaluation.shallow_keys, intake)
     return dg.SensorResult(
         run_requests=[run_request(complete) for complete in evaluation.complete],
         skip_reason=None if evaluation.complete else waiting_summary(evaluation),
@@ -66,6 +69,19 @@ def look_at_inbox(intake: IntakeSettings) -> tuple[list[InboxObject], list[disco
     uploads = discovery.list_uploads(s3, settings.bucket, intake.inbox_prefix)
     objects = list(list_objects(s3, settings.bucket, intake.inbox_prefix))
     return objects, uploads
+
+
+def record_shallow(objects: list[InboxObject], shallow_keys: list[str], intake: IntakeSettings) -> None:
+    """Keys that form no group get a recorded outcome in inbox_rejection, not only a log line."""
+    if not shallow_keys:
+        return
+    shallow = set(shallow_keys)
+    reason = lambda key: rejection_reason(key, intake.inbox_prefix, intake.group_by_depth)  # noqa: E731
+    engine = make_engine(load_settings().metadata_db_url)
+    try:
+        record_rejections(engine, ((obj, reason(obj.key), None) for obj in objects if obj.key in shallow))
+    finally:
+        engine.dispose()
 
 
 def previous_state(context: dg.SensorEvaluationContext) -> dict[str, discovery.Sighting]:
