@@ -8,7 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
+import docker.errors
 from dagster._core.errors import DagsterPipesExecutionError
+from dagster_docker import PipesDockerClient
+from dagster_pipes import DagsterPipesError
 from workers.runtime import RESULT_MARKER
 
 # Connection settings a worker reads from its environment. They are forwarded as environment,
@@ -22,6 +25,11 @@ CONNECTION_VARIABLES = (
     "MINIO_REGION",
 )
 LAUNCH_MODES = ("subprocess", "docker")
+# Workers without an image of their own run in another worker's image (same package, same
+# dependencies): the layout registry sync ships with the classifier that reads the registry.
+IMAGE_OF_WORKER = {"layouts": "classifier"}
+CONTAINER_LABEL = "health-intake.worker"
+OUTPUT_TAIL_LINES = 20
 
 Context = dg.AssetExecutionContext | dg.OpExecutionContext
 
@@ -42,48 +50,103 @@ class WorkerLauncher(dg.ConfigurableResource):
         self, *, context: dg.AssetExecutionContext, worker: str, extras: Mapping[str, Any] | None = None
     ) -> dg.MaterializeResult:
         """Run the worker for an asset; fail unless it reported its materialization."""
-        invocation = self._launch(context, worker, extras)
+        invocation, exit_note = self._launch(context, worker, extras)
         for result in invocation.get_results(implicit_materializations=False):
             if isinstance(result, dg.MaterializeResult) and RESULT_MARKER in (result.metadata or {}):
                 return result
-        raise dg.Failure(description=f"{worker} worker exited without reporting a result")
+        raise dg.Failure(description=f"{worker} worker exited without reporting a result{exit_note}")
 
     def run(
         self, *, context: dg.OpExecutionContext, worker: str, extras: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """Run the worker for an op; return the result it reported, or fail."""
-        invocation = self._launch(context, worker, extras)
+        invocation, exit_note = self._launch(context, worker, extras)
         for message in invocation.get_custom_messages():
             if isinstance(message, dict) and message.get(RESULT_MARKER) == worker:
                 return message
-        raise dg.Failure(description=f"{worker} worker exited without reporting a result")
+        raise dg.Failure(description=f"{worker} worker exited without reporting a result{exit_note}")
+
+    def image_for(self, worker: str) -> str:
+        return f"{self.image_prefix}-{IMAGE_OF_WORKER.get(worker, worker)}:{self.image_tag}"
 
     def _launch(self, context: Context, worker: str, extras: Mapping[str, Any] | None):
+        """Run the worker to completion; return its invocation and a note on how it exited."""
         if self.mode not in LAUNCH_MODES:
             raise dg.Failure(description=f"WORKER_LAUNCH_MODE must be one of {LAUNCH_MODES}, not {self.mode!r}")
-        command = ["python", "-m", f"{self.worker_package}.{worker}", "--pipes"]
+        if self.mode == "docker":
+            return self._launch_container(context, worker, extras)
+        command = [sys.executable, "-m", f"{self.worker_package}.{worker}", "--pipes"]
         try:
-            if self.mode == "docker":
-                return self._docker_client().run(
-                    context=context,
-                    image=f"{self.image_prefix}-{worker}:{self.image_tag}",
-                    command=command,
-                    extras=dict(extras or {}),
-                    env=connection_env(),
-                )
-            command[0] = sys.executable
-            return dg.PipesSubprocessClient().run(context=context, command=command, extras=dict(extras or {}))
+            return dg.PipesSubprocessClient().run(context=context, command=command, extras=dict(extras or {})), ""
         except DagsterPipesExecutionError as exc:
             reason = worker_error(context) or str(exc)
             raise dg.Failure(description=f"{worker} worker failed: {reason}") from None
 
-    def _docker_client(self):
-        from dagster_docker import PipesDockerClient
+    def _launch_container(self, context: Context, worker: str, extras: Mapping[str, Any] | None):
+        client = ContainerClient()
+        try:
+            invocation = client.run(
+                context=context,
+                image=self.image_for(worker),
+                command=["--pipes"],
+                extras=dict(extras or {}),
+                env=connection_env(),
+                container_kwargs=self._container_kwargs(context, worker),
+            )
+            return invocation, f" (container exited with code 0; output tail: {client.output_tail()})"
+        except DagsterPipesError:
+            reason = worker_error(context) or f"container exited with code {client.exit_code()}: {client.output_tail()}"
+            raise dg.Failure(description=f"{worker} worker failed: {reason}") from None
+        except docker.errors.DockerException as exc:
+            raise dg.Failure(description=f"{worker} worker could not start: {docker_problem(exc)}") from None
+        finally:
+            client.remove_container()
 
-        container_kwargs: dict[str, Any] = {"labels": {"health-intake.worker": "true"}}
+    def _container_kwargs(self, context: Context, worker: str) -> dict[str, Any]:
+        # The entrypoint is named here, not taken from the image, so a worker without an image of
+        # its own (IMAGE_OF_WORKER) runs its own module.
+        kwargs: dict[str, Any] = {
+            "entrypoint": ["python", "-m", f"{self.worker_package}.{worker}"],
+            "labels": {CONTAINER_LABEL: worker, "health-intake.run-id": context.run.run_id},
+        }
         if self.docker_network:
-            container_kwargs["network"] = self.docker_network
-        return PipesDockerClient(container_kwargs=container_kwargs)
+            kwargs["network"] = self.docker_network
+        return kwargs
+
+
+class ContainerClient(PipesDockerClient):
+    """PipesDockerClient that keeps hold of its container: PipesDockerClient stops it but never
+    removes it, and its failure names neither the exit code nor what the worker printed."""
+
+    container = None
+
+    def _create_container(self, **kwargs):
+        self.container = super()._create_container(**kwargs)
+        return self.container
+
+    def exit_code(self) -> int | str:
+        return self.container.wait().get("StatusCode", "?") if self.container else "?"
+
+    def output_tail(self) -> str:
+        if self.container is None:
+            return "(no container)"
+        lines = self.container.logs(stdout=True, stderr=True, tail=OUTPUT_TAIL_LINES * 3).decode(errors="replace")
+        # Pipes' own protocol lines share the stream; the operator needs the worker's lines.
+        own = [line for line in lines.splitlines() if "__dagster_pipes_version" not in line and line.strip()]
+        return " | ".join(own[-OUTPUT_TAIL_LINES:]) or "(no output)"
+
+    def remove_container(self) -> None:
+        if self.container is not None:
+            self.container.remove(force=True)
+
+
+def docker_problem(exc: Exception) -> str:
+    """One line on why no container could be run."""
+    if isinstance(exc, docker.errors.ImageNotFound):
+        return f"image not found ({exc.explanation}); build the images: make images"
+    if isinstance(exc, docker.errors.APIError):
+        return f"the container engine refused: {exc.explanation}"
+    return f"no container engine answers at DOCKER_HOST={os.environ.get('DOCKER_HOST', '(unset)')}: {exc}"
 
 
 def connection_env() -> dict[str, str]:

@@ -1,0 +1,112 @@
+"""The launcher in docker mode: bootstrap_heartbeat_asset through a real PipesDockerClient.
+
+Worker containers join the host's network (docker_network="host") to reach the host's Postgres
+and S3 server on 127.0.0.1, as the compose stack's containers reach theirs by service name.
+"""
+
+import shutil
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from orchestrator.defs.bootstrap.assets import bootstrap_heartbeat_asset
+from orchestrator.defs.resources import CONTAINER_LABEL, WorkerLauncher
+
+from tests.conftest import REPO
+from tests.docker.conftest import image_name
+
+LAUNCHER = WorkerLauncher(mode="docker", docker_network="host")
+
+
+def materialize(asset=bootstrap_heartbeat_asset, launcher: WorkerLauncher = LAUNCHER) -> dg.ExecuteInProcessResult:
+    return dg.materialize([asset], resources={"launcher": launcher}, raise_on_error=False)
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    (failure,) = result.get_step_failure_events()
+    return failure.step_failure_data.error.message
+
+
+def worker_containers(engine) -> list:
+    return engine.containers.list(all=True, filters={"label": CONTAINER_LABEL})
+
+
+def test_the_heartbeat_asset_reports_the_metadata_of_its_container(images, engine, platform_env):
+    result = materialize()
+
+    assert result.success, failure_message(result)
+    (materialization,) = result.asset_materializations_for_node("bootstrap_heartbeat_asset")
+    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    db = sa.create_engine(platform_env.metadata_db_url)
+    with db.connect() as conn:
+        row = conn.execute(sa.text("SELECT id, message FROM bootstrap_heartbeat")).one()
+    db.dispose()
+    assert metadata["row_id"] == row.id and row.message == "phase0_ok"
+    assert metadata["object_key"] == "bootstrap/hello.txt"
+    assert metadata["db_dialect"] == platform_env.db_dialect
+    assert metadata["endpoint_host"] == platform_env.endpoint_host
+    assert len(metadata["sha256"]) == 64
+
+
+def test_connection_settings_reach_no_dagster_event(images, engine, platform_env, monkeypatch):
+    monkeypatch.setenv("METADATA_DB_URL", "postgresql+psycopg2://intake:SENTINEL-PW@127.0.0.1:1/metadata")
+    result = materialize()
+    assert not result.success
+    assert "SENTINEL-PW" not in "\n".join(repr(event) for event in result.all_events)
+
+
+def test_worker_containers_are_removed_after_their_run(images, engine, platform_env):
+    before = {c.id for c in worker_containers(engine)}
+    assert materialize().success
+    assert {c.id for c in worker_containers(engine)} <= before
+
+
+def test_a_worker_error_fails_the_step_with_the_workers_line(images, engine, platform_env, monkeypatch):
+    monkeypatch.setenv("MINIO_ENDPOINT", "http://127.0.0.1:1")
+    result = materialize()
+    assert not result.success
+    assert "heartbeat worker failed: object store unreachable at 127.0.0.1:1" in failure_message(result)
+
+
+@pytest.fixture(scope="module")
+def fake_worker_image(images, engine, tmp_path_factory) -> str:
+    """The heartbeat image plus tests/fake_workers: real containers that misbehave on purpose."""
+    context = tmp_path_factory.mktemp("fake-image")
+    shutil.copytree(REPO / "tests/fake_workers", context / "fake_workers")
+    (context / "Dockerfile").write_text(f"FROM {image_name('heartbeat')}\nCOPY fake_workers /app/fake_workers\n")
+    for worker in ("crashes", "silent"):
+        engine.images.build(path=str(context), tag=f"health-intake-test-{worker}:latest", pull=False, rm=True)
+    return "health-intake-test"
+
+
+def asset_running(worker: str) -> dg.AssetsDefinition:
+    @dg.asset(name=f"{worker}_asset")
+    def _asset(context: dg.AssetExecutionContext, launcher: WorkerLauncher) -> dg.MaterializeResult:
+        return launcher.materialize(context=context, worker=worker)
+
+    return _asset
+
+
+def fake_launcher(prefix: str) -> WorkerLauncher:
+    return WorkerLauncher(mode="docker", docker_network="host", worker_package="fake_workers", image_prefix=prefix)
+
+
+def test_a_container_that_dies_fails_the_step_with_its_exit_code_and_output(fake_worker_image, engine, platform_env):
+    result = materialize(asset_running("crashes"), fake_launcher(fake_worker_image))
+    assert not result.success
+    message = failure_message(result)
+    assert "crashes worker failed: container exited with code 3" in message
+    assert "segfault-like death before Pipes opened" in message
+    assert not [c for c in worker_containers(engine) if c.labels.get(CONTAINER_LABEL) == "crashes"]
+
+
+def test_a_container_that_exits_without_reporting_fails_the_step(fake_worker_image, engine, platform_env):
+    result = materialize(asset_running("silent"), fake_launcher(fake_worker_image))
+    assert not result.success
+    assert "silent worker exited without reporting a result (container exited with code 0" in failure_message(result)
+
+
+def test_a_missing_image_fails_the_step_naming_it(images, engine, platform_env):
+    result = materialize(launcher=WorkerLauncher(mode="docker", image_prefix="health-intake-absent"))
+    assert not result.success
+    assert "heartbeat worker could not start" in failure_message(result)
