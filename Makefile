@@ -12,3 +12,46 @@ lint:
 	./scripts/install.sh
 	.venv/bin/python -m ruff check .
 	.venv/bin/python -m ruff format --check .
+
+# --- Docker mode (README "Docker mode"). Settings come from .env (cp .env.example .env). -----
+COMPOSE ?= docker-compose
+DAGSTER_PORT ?= 3000
+.PHONY: engine images up down logs dagster-cli psql minio-shell
+
+# Rootful Podman with Docker's API, for machines without a Docker engine (run as root).
+engine:
+	./scripts/container_engine.sh
+
+.env:
+	@echo "no .env: cp .env.example .env, then set the secrets it marks REQUIRED" >&2; exit 1
+
+# The four worker images and the Dagster image (offline, from the local python:3.11-slim).
+images: .env
+	$(COMPOSE) --profile workers build heartbeat classifier registrar stager dagster_webserver
+
+# Builds, starts the stack in order (migrations and bucket set-up first), waits for the UI.
+up: images
+	$(COMPOSE) up -d
+	@for i in $$(seq 1 120); do \
+	  curl -sf http://127.0.0.1:$(DAGSTER_PORT)/server_info >/dev/null && { echo "UI ready at http://127.0.0.1:$(DAGSTER_PORT)"; exit 0; }; \
+	  sleep 2; done; echo "the webserver did not answer; see: make logs SERVICE=dagster_webserver" >&2; exit 1
+
+# Stops and removes the stack's containers; the data volumes stay (add V=-v to drop them too).
+down:
+	$(COMPOSE) down --remove-orphans $(V)
+
+# Follows the logs of every service, or of one: make logs SERVICE=dagster_daemon
+logs:
+	$(COMPOSE) logs -f --tail=100 $(SERVICE)
+
+# Any dagster CLI command inside the webserver container: make dagster-cli CMD="asset list -m orchestrator.definitions"
+dagster-cli:
+	$(COMPOSE) exec -T dagster_webserver dagster $(CMD)
+
+# psql on the metadata DB: interactive, or one statement with SQL="select * from bootstrap_heartbeat"
+psql:
+	$(COMPOSE) exec $(if $(SQL),-T) metadata_postgres sh -c 'exec psql -U "$$POSTGRES_USER" -d "$$POSTGRES_DB" $(if $(SQL),-c "$(SQL)")'
+
+# A shell in the object-store container with `mc` pointed at it as alias `local`: mc ls local/health-raw
+minio-shell:
+	$(COMPOSE) exec minio sh -c 'mc alias set local http://127.0.0.1:9000 "$$MINIO_ROOT_USER" "$$MINIO_ROOT_PASSWORD" >/dev/null && exec sh'

@@ -34,14 +34,20 @@ def engine_url() -> str | None:
     return None
 
 
+def skip_without_engine(reason: str) -> None:
+    """Skip, or fail where an engine is required (CI): a skipped Docker test proves nothing."""
+    if os.environ.get("REQUIRE_CONTAINER_ENGINE") == "1":
+        pytest.fail(f"REQUIRE_CONTAINER_ENGINE=1 but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def engine() -> docker.DockerClient:
     url = engine_url()
     if url is None:
-        reason = f"no container engine answers at DOCKER_HOST or {', '.join(SOCKETS)}; run {ENGINE_SCRIPT} (as root)"
-        if os.environ.get("REQUIRE_CONTAINER_ENGINE") == "1":
-            pytest.fail(f"REQUIRE_CONTAINER_ENGINE=1 but {reason}")
-        pytest.skip(reason)
+        skip_without_engine(
+            f"no container engine answers at DOCKER_HOST or {', '.join(SOCKETS)}; run {ENGINE_SCRIPT} (as root)"
+        )
     # PipesDockerClient and the docker-compose CLI find the engine through the environment.
     os.environ["DOCKER_HOST"] = url
     return docker.DockerClient(base_url=url, timeout=600)

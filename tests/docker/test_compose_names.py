@@ -1,0 +1,94 @@
+"""docker-compose.yml, .env.example, images/dagster.yaml and the launcher agree on names.
+
+Static checks: they need no container engine, only the files (and docker-compose for the last).
+"""
+
+import re
+import shutil
+import subprocess
+
+import yaml
+from orchestrator.defs.resources import CONNECTION_VARIABLES, IMAGE_OF_WORKER, WorkerLauncher
+
+from tests.conftest import REPO
+from tests.docker.conftest import WORKERS, compose_env_file, skip_without_engine
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+DEFAULTS = WorkerLauncher(mode="docker")
+EXPECTED_SERVICES = {
+    "dagster_webserver",
+    "dagster_daemon",
+    "dagster_postgres",
+    "metadata_postgres",
+    "minio",
+    "minio_init",
+    "migrations",
+    "seaweedfs",
+    *WORKERS,
+}
+
+
+def with_defaults(value: str) -> str:
+    """${NAME:-default} -> default, as compose would resolve it with nothing set."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def env_example_names() -> set[str]:
+    lines = (REPO / ".env.example").read_text().splitlines()
+    return {line.split("=", 1)[0] for line in lines if "=" in line and not line.startswith("#")}
+
+
+def test_compose_has_the_platforms_services():
+    assert set(SERVICES) == EXPECTED_SERVICES
+
+
+def test_each_worker_service_builds_the_image_the_launcher_runs():
+    for worker in WORKERS:
+        assert SERVICES[worker]["build"]["target"] == worker
+        assert with_defaults(SERVICES[worker]["image"]) == DEFAULTS.image_for(worker)
+
+
+def test_every_worker_the_orchestrator_launches_has_an_image():
+    for worker in (*WORKERS, *IMAGE_OF_WORKER):
+        assert DEFAULTS.image_for(worker).split(":")[0].removeprefix("health-intake-") in WORKERS
+
+
+def test_dagster_services_launch_workers_into_the_compose_network():
+    network = COMPOSE["networks"]["default"]["name"]
+    for service in ("dagster_webserver", "dagster_daemon"):
+        env = SERVICES[service]["environment"]
+        assert env["WORKER_LAUNCH_MODE"] == "docker"
+        assert env["WORKER_DOCKER_NETWORK"] == network
+        assert any(volume.endswith(":/var/run/docker.sock") for volume in SERVICES[service]["volumes"])
+
+
+def test_containers_that_run_workers_get_every_connection_variable():
+    for service in ("dagster_webserver", "dagster_daemon", "minio_init", "migrations"):
+        assert set(CONNECTION_VARIABLES) <= set(SERVICES[service]["environment"])
+
+
+def test_the_dagster_instance_reads_only_variables_compose_sets():
+    wanted = set(re.findall(r"env: (\w+)", (REPO / "images/dagster.yaml").read_text()))
+    assert wanted and wanted <= set(SERVICES["dagster_webserver"]["environment"])
+
+
+def test_env_example_lists_every_variable_compose_reads_and_no_other():
+    used = set(re.findall(r"\$\{([A-Z_]+)", (REPO / "docker-compose.yml").read_text()))
+    assert used == env_example_names()
+
+
+def test_required_secrets_are_marked_required_in_compose():
+    text = (REPO / "docker-compose.yml").read_text()
+    for name in ("DAGSTER_POSTGRES_PASSWORD", "METADATA_POSTGRES_PASSWORD", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"):
+        assert f"${{{name}:?" in text
+
+
+def test_compose_accepts_the_file(tmp_path):
+    if not shutil.which("docker-compose"):
+        skip_without_engine("docker-compose is not installed; run scripts/container_engine.sh (as root)")
+    env_file = compose_env_file(tmp_path)
+    done = subprocess.run(
+        ["docker-compose", "--env-file", str(env_file), "config", "-q"], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
