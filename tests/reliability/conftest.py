@@ -29,14 +29,17 @@ class Ledger(Counter):
     def __init__(self) -> None:
         super().__init__()
         self.points: set[str] = set()
+        self.bad_inputs: list[tuple[str, str, str]] = []  # case, key, outcome
 
 
 @pytest.fixture(scope="session")
 def ledger():
     counts = Ledger()
     yield counts
-    if counts:
-        write_report(counts)
+    # Only a run of the whole reliability suite rewrites the report; a partial run would misstate it.
+    if all(counts[kind] for kind in ("crash_trials", "concurrent_registrations", "outages_survived", "secrets_scans")):
+        if counts.bad_inputs:
+            write_report(counts)
 
 
 def write_report(counts: Ledger) -> None:
@@ -67,8 +70,17 @@ def write_report(counts: Ledger) -> None:
         "Crash points (`workers/faults.py`, point:pass): " + ", ".join(sorted(counts.points)),
         "",
     ]
+    if counts.bad_inputs:
+        lines += ["## Bad inputs and their recorded outcomes", "", "| case | key | outcome |", "| --- | --- | --- |"]
+        lines += [f"| {case} | `{shorten(key)}` | {outcome} |" for case, key, outcome in counts.bad_inputs]
+        lines.append("")
     REPORT.parent.mkdir(exist_ok=True)
     REPORT.write_text("\n".join(lines))
+
+
+def shorten(key: str) -> str:
+    shown = key if len(key) <= 60 else key[:28] + "…" + key[-28:]
+    return repr(shown)[1:-1].replace("|", "\\|").replace("`", "'")
 
 
 @pytest.fixture

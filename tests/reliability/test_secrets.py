@@ -103,7 +103,7 @@ def test_no_credential_or_file_content_leaves_the_object_store(sentinel_platform
         "error message": sentinels_in(error),
     }
     found = {where: hits for where, hits in leaks.items() if hits}
-    ledger.update(secrets_found=sum(len(h) for h in found.values()))
+    ledger.update(secrets_scans=1, secrets_found=sum(len(h) for h in found.values()))
     assert found == {}
     # The PHI really went through the platform: it is in the raw zone, where it belongs.
     raw = sentinel_platform.client().list_objects_v2(Bucket="health-raw", Prefix="raw/acme/")["Contents"]

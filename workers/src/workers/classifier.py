@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from workers.db import make_engine
-from workers.inbox import UNKNOWN, Group, InboxObject, group_from_params, list_objects
+from workers.inbox import UNKNOWN, Group, InboxObject, group_from_params, group_of, list_objects
 from workers.layouts import Layout, active_layouts
 from workers.runtime import Metadata, WorkerError, run_worker
 from workers.settings import Settings, load_intake_settings
@@ -101,7 +101,12 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
         layouts = active_layouts(engine)
     finally:
         engine.dispose()
-    objects = list(list_objects(make_s3_client(settings), settings.bucket, group.grouping_key))
+    # Folder placeholders ("sub/") are no files; the sensor records them in inbox_rejection.
+    objects = [
+        obj
+        for obj in list_objects(make_s3_client(settings), settings.bucket, group.grouping_key)
+        if group_of(obj.key, intake.inbox_prefix, intake.group_by_depth) == group
+    ]
     files = classify_group(group, objects, layouts, classifier, intake.marker_file)
     counts = {kind: sum(f["classification"] == kind for f in files) for kind in (CLASSIFIED, UNKNOWN, AMBIGUOUS)}
     return {
