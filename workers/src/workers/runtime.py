@@ -119,7 +119,8 @@ def _run_under_pipes(name: str, work: Work) -> int:
 
 
 def _report(pipes, metadata: Metadata) -> None:
-    if pipes.is_asset_step:
+    # An asset check's step targets no asset key: it gets the result as a message, as ops do.
+    if pipes.is_asset_step and pipes.asset_keys:
         pipes.report_asset_materialization(metadata=metadata)
     else:
         pipes.report_custom_message(metadata)

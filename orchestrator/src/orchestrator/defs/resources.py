@@ -26,8 +26,9 @@ CONNECTION_VARIABLES = (
 )
 LAUNCH_MODES = ("subprocess", "docker")
 # Workers without an image of their own run in another worker's image (same package, same
-# dependencies): the layout registry sync ships with the classifier that reads the registry.
-IMAGE_OF_WORKER = {"layouts": "classifier"}
+# dependencies): the layout registry sync ships with the classifier that reads the registry,
+# the raw zone audit with the stager that writes the raw zone.
+IMAGE_OF_WORKER = {"layouts": "classifier", "audit": "stager"}
 CONTAINER_LABEL = "health-intake.worker"
 OUTPUT_TAIL_LINES = 20
 

@@ -1,0 +1,22 @@
+import dagster as dg
+
+from orchestrator.defs.intake.jobs import as_metadata
+from orchestrator.defs.resources import WorkerLauncher
+
+raw_zone = dg.AssetSpec(
+    "raw_zone",
+    group_name="intake",
+    kinds={"s3"},
+    description="The immutable raw zone: raw/{submitter_id}/{file_type}/{submission_id}/..., written by the stager.",
+)
+
+
+@dg.asset_check(
+    asset="raw_zone", description="Re-reads the newest staged objects and compares them with the manifests."
+)
+def raw_copies_match_manifests(context: dg.AssetCheckExecutionContext, launcher: WorkerLauncher) -> dg.AssetCheckResult:
+    report = launcher.run(context=context.op_execution_context, worker="audit", extras={"limit": 50})
+    metadata = as_metadata({k: v for k, v in report.items() if k not in ("passed", "mismatch_table")})
+    if report["mismatch_table"]:
+        metadata["mismatches_found"] = dg.MetadataValue.json(report["mismatch_table"])
+    return dg.AssetCheckResult(passed=bool(report["passed"]), metadata=metadata)

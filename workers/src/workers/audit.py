@@ -1,0 +1,81 @@
+"""Raw zone audit: re-reads the staged objects of the newest staged submissions and compares each
+with its manifest's SHA-256. Read-only. Runs in the stager's image; Dagster runs it as the
+`raw_copies_match_manifests` asset check of `raw_zone`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from workers.db import Submission, make_engine
+from workers.manifest import Manifest
+from workers.runtime import Metadata, run_worker
+from workers.settings import Settings
+from workers.store import NOT_FOUND, error_code, make_s3_client, sha256_of
+
+DEFAULT_LIMIT = 50
+
+
+def newest_staged(engine: Engine, limit: int) -> list[tuple[str, str]]:
+    with Session(engine) as session:
+        rows = session.execute(
+            select(Submission.submission_id, Submission.manifest_key)
+            .where(Submission.status == "staged")
+            .order_by(Submission.id.desc())
+            .limit(limit)
+        )
+        return [tuple(row) for row in rows]
+
+
+def audit(*, engine: Engine, s3, bucket: str, limit: int) -> Metadata:
+    mismatches: list[dict[str, str]] = []
+    files = 0
+    submissions = newest_staged(engine, limit)
+    for submission_id, manifest_key in submissions:
+        manifest = Manifest.from_bytes(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+        for entry in manifest.files:
+            files += 1
+            found = _sha256_or_missing(s3, bucket, entry.raw_key)
+            if found != entry.sha256:
+                mismatches.append({"submission_id": submission_id, "raw_key": entry.raw_key, "found": found})
+    return {
+        "passed": not mismatches,
+        "submissions_checked": len(submissions),
+        "files_checked": files,
+        "mismatches": len(mismatches),
+        "mismatch_table": mismatches[:50],
+    }
+
+
+def _sha256_or_missing(s3, bucket: str, key: str) -> str:
+    try:
+        return sha256_of(s3, bucket, key)
+    except Exception as exc:  # noqa: BLE001 - a missing object is a finding, anything else a failure
+        if getattr(exc, "response", None) and error_code(exc) in NOT_FOUND:
+            return "missing"
+        raise
+
+
+def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
+    engine = make_engine(settings.metadata_db_url)
+    try:
+        limit = int(params.get("limit") or DEFAULT_LIMIT)
+        return audit(engine=engine, s3=make_s3_client(settings), bucket=settings.bucket, limit=limit)
+    finally:
+        engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    def arguments(parser):
+        parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="newest N staged submissions")
+
+    return run_worker("audit", work, argv, arguments, description=__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
