@@ -29,10 +29,13 @@ import sqlalchemy as sa
 from bench.services import REPO, S3Endpoint, free_port, stop_process_group
 
 BUCKET = "health-raw"
-CLAIMS = b"member_id,amount\n1,10\n2,20\n"
+CLAIMS = "member_id,amount\n1,10\n2,{drop}\n"
 RUNS_QUERY = """{ runsOrError(filter: {pipelineName: "register_submission_from_group_job"}) {
   ... on Runs { results { runId status creationTime startTime endTime tags { key value }
-    stepStats { stepKey startTime endTime } } } } }"""
+    stepStats { stepKey startTime endTime }
+    eventConnection { events { __typename ... on MessageEvent { timestamp } } } } } } }"""
+# Run lifecycle events, in order: the gaps between them split a run's start-up.
+LIFECYCLE = ("RunEnqueuedEvent", "RunDequeuedEvent", "RunStartingEvent", "RunStartEvent")
 
 
 def fresh_copy(dest: Path) -> Path:
@@ -129,9 +132,14 @@ def as_utc(value) -> datetime:
 def drop(s3, name: str) -> tuple[str, float]:
     """One drop, data first and marker last; (grouping key, marker upload time)."""
     key = f"inbox/bench/unknown/{name}/"
-    s3.put_object(Bucket=BUCKET, Key=key + "medical_claims.csv", Body=CLAIMS)
-    s3.put_object(Bucket=BUCKET, Key=key + "_SUCCESS", Body=b"")
+    put_drop(s3, key, name)
     return key, time.time()
+
+
+def put_drop(s3, key: str, name: str) -> None:
+    """Bytes of the drop's own: identical content elsewhere would be registered as its duplicate, not staged."""
+    s3.put_object(Bucket=BUCKET, Key=key + "medical_claims.csv", Body=CLAIMS.format(drop=name).encode())
+    s3.put_object(Bucket=BUCKET, Key=key + "_SUCCESS", Body=b"")
 
 
 def wait_staged(platform: DevUp, keys: set[str], timeout: float) -> dict[str, datetime]:
@@ -141,17 +149,21 @@ def wait_staged(platform: DevUp, keys: set[str], timeout: float) -> dict[str, da
         if keys <= staged.keys():
             return {k: staged[k] for k in keys}
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(keys - staged.keys())} of {len(keys)} drops not staged in {timeout:.0f} s")
+            runs = platform.graphql(RUNS_QUERY)["runsOrError"]["results"]
+            statuses = sorted(f"{tag_value(run, 'health-intake/drop')}: {run['status']}" for run in runs)
+            raise RuntimeError(
+                f"{len(keys - staged.keys())} of {len(keys)} drops not staged in {timeout:.0f} s; runs: {statuses}; "
+                f"dagster.log ends: {(platform.copy / '.local/dagster.log').read_text()[-3000:]}"
+            )
         time.sleep(0.5)
 
 
 def run_breakdown(platform: DevUp, markers: dict[str, float], staged: dict[str, datetime]) -> list[dict]:
     """Per drop: marker -> run created (sensor) -> first step starts (run start-up) -> steps -> staged."""
-    runs = platform.graphql(RUNS_QUERY)["runsOrError"]["results"]
-    by_drop = {tag_value(run, "health-intake/drop"): run for run in runs if run["status"] == "SUCCESS"}
+    by_drop = finished_runs(platform, {drop_id(key) for key in markers})
     rows = []
     for key, marker_at in markers.items():
-        run = by_drop[key.rstrip("/").rsplit("/", 1)[-1]]
+        run = by_drop[drop_id(key)]
         steps = [s for s in run["stepStats"] if s["startTime"] and s["endTime"]]
         first_step = min(s["startTime"] for s in steps)
         latency = staged[key].timestamp() - marker_at
@@ -166,6 +178,7 @@ def run_breakdown(platform: DevUp, markers: dict[str, float], staged: dict[str, 
             }
         )
         rows[-1]["run_start_up_share_of_latency"] = rows[-1]["run_start_up_seconds"] / latency
+        rows[-1] |= start_up_parts(run, first_step)
     return rows
 
 
@@ -173,9 +186,7 @@ def bare_chain(platform: DevUp, name: str) -> float:
     """The floor: the job's three workers as bare processes, one after another, on a drop under
     another INBOX_PREFIX (so the sensor never sees it); seconds from the first spawn to the last exit."""
     key = f"floor/bench/unknown/{name}/"
-    s3 = platform.s3.client()
-    s3.put_object(Bucket=BUCKET, Key=key + "medical_claims.csv", Body=CLAIMS)
-    s3.put_object(Bucket=BUCKET, Key=key + "_SUCCESS", Body=b"")
+    put_drop(platform.s3.client(), key, name)
     began = time.perf_counter()
     in_dev_shell(platform, f"python -m workers.classifier --grouping-key {key}")
     registered = json.loads(in_dev_shell(platform, f"python -m workers.registrar --grouping-key {key}"))
@@ -196,12 +207,46 @@ def in_dev_shell(platform: DevUp, command: str) -> str:
     return done.stdout
 
 
+def start_up_parts(run: dict, first_step: float) -> dict[str, float]:
+    """Run creation -> starting (queue, when the instance queues) -> started (run worker process up, code
+    loaded) -> first step."""
+    seen = {}
+    for event in run["eventConnection"]["events"]:
+        if event["__typename"] in LIFECYCLE:
+            seen.setdefault(event["__typename"], int(event["timestamp"]) / 1000)
+    if not {"RunStartingEvent", "RunStartEvent"} <= seen.keys():
+        return {}
+    return {
+        "created_to_starting_seconds": seen["RunStartingEvent"] - run["creationTime"],
+        "run_process_start_seconds": seen["RunStartEvent"] - seen["RunStartingEvent"],
+        "start_to_first_step_seconds": first_step - seen["RunStartEvent"],
+        "lifecycle_events": sorted(seen),
+    }
+
+
+def drop_id(grouping_key: str) -> str:
+    return grouping_key.rstrip("/").rsplit("/", 1)[-1]
+
+
+def finished_runs(platform: DevUp, drops: set[str], timeout: float = 120) -> dict[str, dict]:
+    """drop id -> its successful run; the submission is staged a moment before its run ends."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = platform.graphql(RUNS_QUERY)["runsOrError"]["results"]
+        by_drop = {tag_value(run, "health-intake/drop"): run for run in runs if run["status"] == "SUCCESS"}
+        if drops <= by_drop.keys():
+            return by_drop
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"runs for {sorted(drops - by_drop.keys())} did not succeed in {timeout:.0f} s")
+        time.sleep(0.5)
+
+
 def tag_value(run: dict, key: str) -> str | None:
     return next((t["value"] for t in run["tags"] if t["key"] == key), None)
 
 
 def summary(rows: list[dict]) -> dict:
-    names = [k for k in rows[0] if k != "grouping_key"]
+    names = [k for k, v in rows[0].items() if isinstance(v, float)]
     return {name: statistics.median(row[name] for row in rows) for name in names}
 
 

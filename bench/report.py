@@ -252,6 +252,15 @@ def launch_section(part: dict) -> list[str]:
     ]
 
 
+def start_up_parts(values: dict) -> str:
+    if "created_to_starting_seconds" not in values:
+        return "no lifecycle events"
+    return (
+        f"queued {values['created_to_starting_seconds']:.1f}, run process {values['run_process_start_seconds']:.1f}, "
+        f"to first step {values['start_to_first_step_seconds']:.1f}"
+    )
+
+
 def end_to_end_section(part: dict) -> list[str]:
     if "burst" not in part:
         return skipped("End to end", part)
@@ -263,7 +272,7 @@ def end_to_end_section(part: dict) -> list[str]:
             f"{values['latency_seconds']:.1f} s",
             f"{values['latency_seconds'] / floor:.1f}x",
             f"{values['sensor_wait_seconds']:.1f} s",
-            f"{values['run_start_up_seconds']:.1f} s",
+            f"{values['run_start_up_seconds']:.1f} s ({start_up_parts(values)})",
             f"{values['run_start_up_share_of_latency']:.0%}",
             f"{values['steps_seconds']:.1f} s",
         ]
