@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
 import docker.errors
 from dagster._core.errors import DagsterPipesExecutionError
+from dagster._core.pipes.utils import extract_message_or_forward_to_stdout
 from dagster_docker import PipesDockerClient
+from dagster_docker.pipes import PipesDockerLogsMessageReader
 from dagster_pipes import DagsterPipesError
 from workers.runtime import RESULT_MARKER
 
@@ -115,11 +118,29 @@ class WorkerLauncher(dg.ConfigurableResource):
         return kwargs
 
 
+class TailKeepingLogsReader(PipesDockerLogsMessageReader):
+    """Reads Pipes messages from the container's log stream, as its parent does, and keeps the
+    worker's own last lines for the failure message."""
+
+    def __init__(self):
+        super().__init__()
+        self.tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
+
+    def consume_docker_logs(self, container) -> None:
+        for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=True):
+            text = chunk.decode("utf-8", errors="replace") if isinstance(chunk, bytes) else str(chunk)
+            extract_message_or_forward_to_stdout(self._handler, text)
+            self.tail.extend(worker_lines(text))
+
+
 class ContainerClient(PipesDockerClient):
     """PipesDockerClient that keeps hold of its container: PipesDockerClient stops it but never
     removes it, and its failure names neither the exit code nor what the worker printed."""
 
     container = None
+
+    def __init__(self):
+        super().__init__(message_reader=TailKeepingLogsReader())
 
     def _create_container(self, **kwargs):
         self.container = super()._create_container(**kwargs)
@@ -129,16 +150,20 @@ class ContainerClient(PipesDockerClient):
         return self.container.wait().get("StatusCode", "?") if self.container else "?"
 
     def output_tail(self) -> str:
-        if self.container is None:
-            return "(no container)"
-        lines = self.container.logs(stdout=True, stderr=True, tail=OUTPUT_TAIL_LINES * 3).decode(errors="replace")
-        # Pipes' own protocol lines share the stream; the operator needs the worker's lines.
-        own = [line for line in lines.splitlines() if "__dagster_pipes_version" not in line and line.strip()]
-        return " | ".join(own[-OUTPUT_TAIL_LINES:]) or "(no output)"
+        lines = list(self.message_reader.tail)
+        if not lines and self.container is not None:
+            # A container that died at once can end before the log stream attached.
+            lines = worker_lines(self.container.logs(stdout=True, stderr=True).decode(errors="replace"))
+        return " | ".join(lines[-OUTPUT_TAIL_LINES:]) or "(no output)"
 
     def remove_container(self) -> None:
         if self.container is not None:
             self.container.remove(force=True)
+
+
+def worker_lines(text: str) -> list[str]:
+    # Pipes' own protocol lines share the stream; the operator needs the worker's lines.
+    return [line for line in text.splitlines() if line.strip() and "__dagster_pipes_version" not in line]
 
 
 def docker_problem(exc: Exception) -> str:
