@@ -43,6 +43,9 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip", type=lambda s: [p for p in s.split(",") if p], default=[], help=f"of {PARTS}")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round, no end to end (the test suite)")
     parser.add_argument("--out", type=Path, help="write benchmarks.json and benchmarks.md into this directory")
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="measure nothing: render docs/benchmarks.md from a results file"
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         for name, value in SMOKE.items():
@@ -114,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
     json_path = args.out / "benchmarks.json" if args.out else services.REPO / "bench/results/benchmarks.json"
     md_path = args.out / "benchmarks.md" if args.out else services.REPO / "docs/benchmarks.md"
+    if args.render:
+        md_path.write_text(report.render(json.loads(args.render.read_text()), args.render))
+        log(f"wrote {md_path}")
+        return 0
     workdir = Path(tempfile.mkdtemp(prefix="hp-bench-"))
     began = time.monotonic()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")

@@ -8,6 +8,7 @@ from bench.services import REPO
 
 NOTES = Path(__file__).with_name("notes.md")
 TARGET_OBJECTS = 100_000
+MIB_IN_MB = 1.048576
 
 
 def targets(doc: dict) -> list[dict]:
@@ -46,13 +47,9 @@ def discovery_memory(doc: dict) -> dict | None:
     size = largest(doc)
     if not size:
         return None
-    worst = max(size["peak_mib"]["sensor_first_tick"], size["peak_mib"]["sensor_steady_tick"])
+    worst_mb = max(size["peak_mib"]["sensor_first_tick"], size["peak_mib"]["sensor_steady_tick"]) * MIB_IN_MB
     return verdict(
-        "Discovery memory",
-        "growth <= 100 MB",
-        f"{worst * 1.048576:.0f} MB peak",
-        worst * 1.048576 <= 100,
-        scale_caveat(size),
+        "Discovery memory", "growth <= 100 MB", f"{worst_mb:.1f} MB peak", worst_mb <= 100, scale_caveat(size)
     )
 
 
@@ -101,7 +98,7 @@ def render(doc: dict, json_path: Path) -> str:
         + (" (smoke run: tiny sizes, not a measurement)." if doc["smoke"] else "."),
         "",
         *machine_section(doc["machine"]),
-        *targets_section(doc["targets"]),
+        *targets_section(targets(doc)),
         *discovery_section(doc.get("discovery", {})),
         *staging_section(doc.get("staging", {})),
         *launch_section(doc.get("launch", {})),
@@ -109,7 +106,7 @@ def render(doc: dict, json_path: Path) -> str:
     ]
     if NOTES.exists() and not doc["smoke"]:
         lines += [NOTES.read_text().rstrip(), ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def display(path: Path) -> str:
@@ -193,7 +190,9 @@ def staging_section(part: dict) -> list[str]:
         return skipped("Staging", part)
     names = {
         "floor_copy_and_hash": "floor: CopyObject + streamed SHA-256 read",
-        "stager": "stager (copy, verify, DB marks)",
+        "floor_with_target_head": "floor + HEAD of each target",
+        "managed_copy_with_target_head": "... with boto3's managed `s3.copy` instead of CopyObject",
+        "stager": "stager (HEAD, managed copy, verify, DB marks)",
         "stager_with_inbox_cleanup": "stager with inbox clean-up (one run)",
         "naive_download_upload": "naive download + re-upload",
     }
@@ -205,6 +204,7 @@ def staging_section(part: dict) -> list[str]:
             f"{part['seconds'][key]:.1f} s",
         ]
         for key, label in names.items()
+        if key in part["seconds"]
     ]
     return [
         "## Staging",

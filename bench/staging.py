@@ -5,7 +5,10 @@ files with the stager's parallelism (FILE_WORKERS) into a prefix of its own, whi
 before the next variant runs:
 - floor: one server-side CopyObject per file plus one streamed SHA-256 read of the copy;
 - stager: `stage_submission`, inbox kept (the submission is reset to registered between rounds);
-- naive: download each file to a temporary file while hashing it, then upload it again.
+- naive: download each file to a temporary file while hashing it, then upload it again;
+- two steps between the floor and the stager: the floor plus a HEAD of each target (the stager's
+  never-overwrite check), then that with boto3's managed `s3.copy` (the stager's copy call) instead
+  of CopyObject; what remains between the latter and the stager is its bookkeeping (DB marks).
 The stager's inbox clean-up (STAGER_DELETE_INBOX=true) is timed once, apart, at the very end.
 """
 
@@ -113,14 +116,32 @@ def remove_keys(s3, bucket: str, keys: list[str]) -> None:
 
 
 def floor_copy(s3, bucket: str, files: list[SourceFile], workers: int) -> None:
+    parallel_copies(s3, bucket, files, workers, "bench-floor/", plain_copy)
+
+
+def parallel_copies(s3, bucket: str, files: list[SourceFile], workers: int, prefix: str, copy, head=False) -> None:
+    """Each file: (a HEAD of the target, as the stager's never-overwrite check), the copy, a streamed SHA-256 read."""
+
     def one(f: SourceFile) -> None:
-        target = "bench-floor/" + f.raw_key
-        s3.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": f.inbox_key})
+        target = prefix + f.raw_key
+        if head:
+            stager.object_exists(s3, bucket, target)
+        copy(s3, bucket, f, target)
         if sha256_of(s3, bucket, target) != f.sha256:
-            raise RuntimeError(f"floor copy of {f.inbox_key} does not match")
+            raise RuntimeError(f"copy of {f.inbox_key} at {target} does not match")
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(one, files))
+
+
+def plain_copy(s3, bucket: str, f: SourceFile, target: str) -> None:
+    s3.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": f.inbox_key})
+
+
+def managed_copy(s3, bucket: str, f: SourceFile, target: str) -> None:
+    """The stager's call: boto3's managed copy with the stager's transfer configuration."""
+    config = stager.transfer_config(stager.MULTIPART_THRESHOLD)
+    s3.copy({"Bucket": bucket, "Key": f.inbox_key}, bucket, target, Config=config)
 
 
 def naive_copy(s3, bucket: str, files: list[SourceFile], workers: int) -> None:
@@ -171,6 +192,15 @@ def run(endpoint: S3Endpoint, bucket: str, db_url: str, total_mib: int, repeats:
         "floor_copy_and_hash": (
             lambda: floor_copy(s3, bucket, files, workers),
             lambda: remove_keys(s3, bucket, ["bench-floor/" + k for k in raw_keys]),
+        ),
+        # The stager's steps added one at a time, to find what its distance from the floor is made of.
+        "floor_with_target_head": (
+            lambda: parallel_copies(s3, bucket, files, workers, "bench-head/", plain_copy, head=True),
+            lambda: remove_keys(s3, bucket, ["bench-head/" + k for k in raw_keys]),
+        ),
+        "managed_copy_with_target_head": (
+            lambda: parallel_copies(s3, bucket, files, workers, "bench-managed/", managed_copy, head=True),
+            lambda: remove_keys(s3, bucket, ["bench-managed/" + k for k in raw_keys]),
         ),
         "stager": (
             lambda: run_stager(db_url, submission_id, delete_inbox=False),

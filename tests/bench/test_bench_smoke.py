@@ -52,12 +52,9 @@ def test_discovery_reports_each_size_against_its_floor(smoke):
 def test_staging_reports_throughput_of_each_variant_against_the_floor(smoke):
     document, _ = smoke
     staging = document["staging"]
-    assert set(staging["seconds"]) == {
-        "floor_copy_and_hash",
-        "stager",
-        "stager_with_inbox_cleanup",
-        "naive_download_upload",
-    }
+    assert {"floor_copy_and_hash", "stager", "stager_with_inbox_cleanup", "naive_download_upload"} <= set(
+        staging["seconds"]
+    )
     assert positive(staging["seconds"]) and positive(staging["mib_per_second"])
     assert positive(staging["throughput_ratio_to_floor"]) and staging["large_files"] > 0
 
