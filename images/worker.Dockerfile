@@ -35,7 +35,8 @@ RUN useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/
 USER worker
 WORKDIR /app
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-# Every worker stage sets its own entrypoint; this one documents the package.
+# Built on its own, the shared stage is the operator's table viewer (`IMAGE bootstrap_heartbeat`);
+# each worker stage below sets its own entrypoint.
 ENTRYPOINT ["python", "-m", "workers.tables"]
 
 # --- one stage per worker: `docker run IMAGE --help` explains its arguments -----------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -156,9 +157,23 @@ class ContainerClient(PipesDockerClient):
             lines = worker_lines(self.container.logs(stdout=True, stderr=True).decode(errors="replace"))
         return " | ".join(lines[-OUTPUT_TAIL_LINES:]) or "(no output)"
 
-    def remove_container(self) -> None:
-        if self.container is not None:
-            self.container.remove(force=True)
+    def remove_container(self, timeout: float = 15) -> None:
+        """Remove the container and wait until the engine no longer lists it: Podman has answered a
+        removal while its own exit clean-up still held the container."""
+        if self.container is None:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.container.remove(force=True)
+                self.container.reload()
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError:
+                pass  # busy in the engine's clean-up: retried below
+            if time.monotonic() > deadline:
+                raise dg.Failure(description=f"worker container {self.container.short_id} could not be removed")
+            time.sleep(0.5)
 
 
 def worker_lines(text: str) -> list[str]:
