@@ -41,7 +41,11 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--e2e-singles", type=int, default=3, help="drops put one at a time (latency)")
     parser.add_argument("--sensor-interval", type=int, default=5, help="SENSOR_INTERVAL_SECONDS for end to end")
     parser.add_argument("--skip", type=lambda s: [p for p in s.split(",") if p], default=[], help=f"of {PARTS}")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round, no end to end (the test suite)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, one round, no end to end (the test suite); writes into bench/results/smoke/ unless --out",
+    )
     parser.add_argument("--out", type=Path, help="write benchmarks.json and benchmarks.md into this directory")
     parser.add_argument(
         "--render", type=Path, metavar="JSON", help="measure nothing: render docs/benchmarks.md from a results file"
@@ -115,6 +119,9 @@ def run_launch(args, endpoint: services.S3Endpoint, pg_url: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
+    if args.smoke and not args.out:
+        # A smoke run is no measurement: it never replaces the committed results.
+        args.out = services.REPO / "bench/results/smoke"
     json_path = args.out / "benchmarks.json" if args.out else services.REPO / "bench/results/benchmarks.json"
     md_path = args.out / "benchmarks.md" if args.out else services.REPO / "docs/benchmarks.md"
     if args.render:
