@@ -75,7 +75,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
     results: dict = {}
     skipped = {part: "skipped by --skip" + (" (--smoke)" if args.smoke else "") for part in args.skip}
     with services.s3_server(workdir) as endpoint, services.postgres_database() as pg_url:
-        log(f"S3 server at {endpoint.url}, Postgres database {pg_url.rsplit('/', 1)[-1]}")
+        log(f"S3 server at {endpoint.endpoint}, Postgres database {pg_url.rsplit('/', 1)[-1]}")
         if "discovery" not in args.skip:
             results["discovery"] = run_discovery(args, endpoint, workdir)
         if "staging" not in args.skip:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from bench.services import REPO, S3Endpoint, free_port, stop_process_group
+from bench.services import REPO, S3_KEYS, S3Endpoint, free_port_block, free_s3_port, stop_process_group
 
 BUCKET = "health-raw"
 CLAIMS = "member_id,amount\n1,10\n2,{drop}\n"
@@ -67,14 +67,14 @@ INSTALL_INPUTS = ("constraints.txt", "workers/pyproject.toml", "orchestrator/pyp
 class DevUp:
     def __init__(self, copy: Path, sensor_interval: int):
         self.copy = copy
-        self.dagster_port = free_port()
-        self.s3 = S3Endpoint(f"http://127.0.0.1:{free_port(with_internal_ports=True)}")
+        self.dagster_port = free_port_block()
+        self.s3 = S3Endpoint(f"http://127.0.0.1:{free_s3_port()}", *S3_KEYS)
         self.log = copy / "dev_up.out"
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("METADATA_", "MINIO_", "DAGSTER_"))}
         inherited.pop("WORKER_LAUNCH_MODE", None)
         self.env = inherited | {
             "DAGSTER_PORT": str(self.dagster_port),
-            "MINIO_ENDPOINT": self.s3.url,
+            "MINIO_ENDPOINT": self.s3.endpoint,
             "SENSOR_INTERVAL_SECONDS": str(sensor_interval),
         }
         self.proc: subprocess.Popen | None = None
@@ -256,7 +256,8 @@ def run(workdir: Path, drops: int, singles: int, sensor_interval: int, log) -> d
     platform = DevUp(copy, sensor_interval)
     try:
         up_seconds = platform.start()
-        log(f"end to end: dev_up.sh up in {up_seconds:.0f} s (dagster :{platform.dagster_port}, S3 {platform.s3.url})")
+        where = f"dagster :{platform.dagster_port}, S3 {platform.s3.endpoint}"
+        log(f"end to end: dev_up.sh up in {up_seconds:.0f} s ({where})")
         s3 = platform.s3.client()
         single_rows = []
         for i in range(singles):

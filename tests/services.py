@@ -1,0 +1,158 @@
+"""Real services started locally, for the test suite and the benchmark alike: the SeaweedFS S3
+server (scripts/s3_server.sh) on free ports, and Postgres databases of their own."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from botocore.config import Config as BotoConfig
+from workers.store import CLIENT_CONFIG
+
+REPO = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+S3_KEYS = ("minioadmin", "minioadmin")
+# The S3 server's internal components listen on S3 port + 10000 .. + 10008 (scripts/s3_server.sh).
+INTERNAL_PORTS = range(10000, 10009)
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+
+    def client(self, connections: int = 10):
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+            config=CLIENT_CONFIG.merge(BotoConfig(max_pool_connections=connections)),
+        )
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_block(size: int = 1, lo: int = 20000, hi: int = 50000) -> int:
+    """A port p such that p..p+size-1 are all free (the S3 server's internal ports sit at +10000)."""
+    for _ in range(200):
+        port = random.randrange(lo, hi)
+        if all(port_is_free(p) for p in range(port, port + size)):
+            return port
+    raise RuntimeError("no free port block found")
+
+
+def free_s3_port() -> int:
+    """A free port whose S3-server internal ports (+10000 .. +10008) are free too."""
+    while True:
+        port = free_port_block()
+        if all(port_is_free(port + offset) for offset in INTERNAL_PORTS):
+            return port
+
+
+def start_s3_server(
+    data_dir: Path, log_path: Path, keys: tuple[str, str] = S3_KEYS, port: int | None = None
+) -> tuple[subprocess.Popen, int]:
+    port = port or free_s3_port()
+    env = {**os.environ, "MINIO_ACCESS_KEY": keys[0], "MINIO_SECRET_KEY": keys[1]}
+    proc = subprocess.Popen(
+        [str(REPO / "scripts/s3_server.sh"), str(data_dir), str(port)],
+        env=env,
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return proc, port
+
+
+def wait_for_s3(server: S3Server, proc: subprocess.Popen, log_path: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"S3 server exited: {log_path.read_text()[-2000:]}")
+        try:
+            server.client().list_buckets()
+            return
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.5)
+    raise RuntimeError(f"S3 server did not answer within {timeout}s")
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 15) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def remove_bucket(s3, name: str) -> None:
+    for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=name):
+        for upload in page.get("Uploads", ()):
+            s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+        # One by one: a batch DeleteObjects is XML, which cannot carry keys with control characters.
+        for obj in page.get("Contents", ()):
+            s3.delete_object(Bucket=name, Key=obj["Key"])
+    s3.delete_bucket(Bucket=name)
+
+
+def create_postgres_database(prefix: str = "hp_test") -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(url: str) -> None:
+    name = sa.make_url(url).database
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def alembic_config(url: str) -> Config:
+    config = Config(str(REPO / "alembic.ini"))
+    config.attributes["url"] = url
+    return config
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(url), revision)
+
+
+def platform_environment(db_url: str, s3: S3Server, bucket: str) -> dict[str, str]:
+    return {
+        "METADATA_DB_URL": db_url,
+        "MINIO_ENDPOINT": s3.endpoint,
+        "MINIO_ACCESS_KEY": s3.access_key,
+        "MINIO_SECRET_KEY": s3.secret_key,
+        "MINIO_BUCKET": bucket,
+        "WORKER_LAUNCH_MODE": "subprocess",
+    }
