@@ -50,8 +50,14 @@ def test_each_worker_service_builds_the_image_the_launcher_runs():
 
 
 def test_every_worker_the_orchestrator_launches_has_an_image():
-    for worker in (*WORKERS, *IMAGE_OF_WORKER):
-        assert DEFAULTS.image_for(worker).split(":")[0].removeprefix("health-intake-") in WORKERS
+    launched = {
+        name
+        for path in (REPO / "orchestrator/src").rglob("*.py")
+        for name in re.findall(r'worker="(\w+)"', path.read_text())
+    }
+    assert launched >= set(WORKERS)
+    for worker in launched | set(IMAGE_OF_WORKER):
+        assert DEFAULTS.image_for(worker).split(":")[0].removeprefix("health-intake-") in WORKERS, worker
 
 
 def test_dagster_services_launch_workers_into_the_compose_network():
