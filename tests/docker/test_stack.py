@@ -9,6 +9,7 @@ import json
 import subprocess
 import time
 import urllib.request
+import uuid
 
 import boto3
 import docker.errors
@@ -17,7 +18,8 @@ import pytest
 from tests.conftest import REPO, free_port_block
 from tests.docker.conftest import compose_env_file
 
-PROJECT = "health-intake-test"
+# Names of the test's own, so a stack already running on the engine is left alone.
+PROJECT = f"health-intake-test-{uuid.uuid4().hex[:8]}"
 S3_STANDIN = "localhost/health-intake-standin-s3:latest"
 GROUP = "inbox/acme/unknown/drop-001/"
 LAUNCH = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
@@ -82,7 +84,7 @@ def stack_settings(engine, env_file) -> dict[str, str]:
         engine.images.get(settings["MINIO_IMAGE"])
     except docker.errors.ImageNotFound:
         settings["MINIO_IMAGE"] = S3_STANDIN
-    settings.update(ports, SENSOR_INTERVAL_SECONDS="5")
+    settings.update(ports, SENSOR_INTERVAL_SECONDS="5", WORKER_DOCKER_NETWORK=PROJECT)
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     return settings
 
