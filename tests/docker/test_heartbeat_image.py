@@ -6,6 +6,7 @@
 import json
 
 import sqlalchemy as sa
+from orchestrator.defs.resources import wait_for_exit
 
 from tests.conftest import S3Server
 from tests.docker.conftest import image_name
@@ -26,7 +27,7 @@ def run_image(engine, env: dict[str, str], *args: str, entrypoint=None) -> tuple
         image_name("heartbeat"), list(args), entrypoint=entrypoint, environment=env, network_mode="host", detach=True
     )
     try:
-        code = container.wait()["StatusCode"]
+        code = wait_for_exit(container)
         return code, container.logs(stdout=True, stderr=True).decode()
     finally:
         container.remove(force=True)

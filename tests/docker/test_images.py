@@ -1,12 +1,18 @@
 """The images: each builds, each worker image explains itself, none runs as root."""
 
 import pytest
+from orchestrator.defs.resources import wait_for_exit
 
 from tests.docker.conftest import WORKERS, image_name
 
 
 def run(engine, image: str, *args: str, **kwargs) -> str:
-    return engine.containers.run(image, list(args), remove=True, stdout=True, stderr=True, **kwargs).decode()
+    container = engine.containers.run(image, list(args), detach=True, **kwargs)
+    try:
+        wait_for_exit(container)
+        return container.logs(stdout=True, stderr=True).decode()
+    finally:
+        container.remove(force=True)
 
 
 def test_every_image_builds(images, engine):

@@ -145,10 +145,12 @@ class ContainerClient(PipesDockerClient):
 
     def _create_container(self, **kwargs):
         self.container = super()._create_container(**kwargs)
-        return self.container
+        container = self.container
+        container.wait = lambda **_: {"StatusCode": wait_for_exit(container)}
+        return container
 
     def exit_code(self) -> int | str:
-        return self.container.wait().get("StatusCode", "?") if self.container else "?"
+        return wait_for_exit(self.container) if self.container else "?"
 
     def output_tail(self) -> str:
         lines = list(self.message_reader.tail)
@@ -179,6 +181,17 @@ class ContainerClient(PipesDockerClient):
 def worker_lines(text: str) -> list[str]:
     # Pipes' own protocol lines share the stream; the operator needs the worker's lines.
     return [line for line in text.splitlines() if line.strip() and "__dagster_pipes_version" not in line]
+
+
+def wait_for_exit(container, poll: float = 0.2) -> int:
+    """The container's exit code once it has stopped. Polled, not the engine's wait call: Podman's
+    wait endpoint now and then never answers for a container that has already exited (seen here
+    about once in fifteen short-lived containers), which would hang the step forever."""
+    while True:
+        container.reload()
+        if container.status in ("exited", "stopped", "dead"):
+            return int(container.attrs["State"]["ExitCode"])
+        time.sleep(poll)
 
 
 def docker_problem(exc: Exception) -> str:
