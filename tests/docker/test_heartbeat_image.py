@@ -8,18 +8,15 @@ import json
 import sqlalchemy as sa
 from orchestrator.defs.resources import wait_for_exit
 
-from tests.conftest import S3Server
+from tests.conftest import S3Server, platform_environment
 from tests.docker.conftest import image_name
 
 
 def worker_env(db_url: str, s3: S3Server, bucket: str) -> dict[str, str]:
-    return {
-        "METADATA_DB_URL": db_url,
-        "MINIO_ENDPOINT": s3.endpoint,
-        "MINIO_ACCESS_KEY": s3.access_key,
-        "MINIO_SECRET_KEY": s3.secret_key,
-        "MINIO_BUCKET": bucket,
-    }
+    """What a worker container reads: the platform environment less the launcher's own setting."""
+    env = platform_environment(db_url, s3, bucket)
+    del env["WORKER_LAUNCH_MODE"]
+    return env
 
 
 def run_image(engine, env: dict[str, str], *args: str, entrypoint=None) -> tuple[int, str]:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from workers.db import Submission, make_engine
+from workers.db import Submission, metadata_engine
 from workers.manifest import Manifest
 from workers.runtime import Metadata, run_worker
 from workers.settings import Settings
@@ -62,12 +62,9 @@ def _sha256_or_missing(s3, bucket: str, key: str) -> str:
 
 
 def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
-    engine = make_engine(settings.metadata_db_url)
-    try:
+    with metadata_engine(settings.metadata_db_url) as engine:
         limit = int(params.get("limit") or DEFAULT_LIMIT)
         return audit(engine=engine, s3=make_s3_client(settings), bucket=settings.bucket, limit=limit)
-    finally:
-        engine.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from workers.db import make_engine
+from workers.db import metadata_engine
 from workers.inbox import UNKNOWN, Group, InboxObject, group_from_params, group_of, list_objects
 from workers.layouts import Layout, active_layouts
 from workers.runtime import Metadata, WorkerError, run_worker
@@ -96,11 +96,8 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
     intake = load_intake_settings()
     group = group_from_params(params, intake)
     classifier = load_classifier(intake.classifier_impl)
-    engine = make_engine(settings.metadata_db_url)
-    try:
+    with metadata_engine(settings.metadata_db_url) as engine:
         layouts = active_layouts(engine)
-    finally:
-        engine.dispose()
     # Folder placeholders ("sub/") are no files; the sensor records them in inbox_rejection.
     objects = [
         obj

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from workers.db import BootstrapHeartbeat, make_engine
+from workers.db import BootstrapHeartbeat, metadata_engine
 from workers.runtime import Metadata, run_worker
 from workers.settings import Settings
 from workers.store import make_s3_client
@@ -49,11 +49,8 @@ def beat(*, engine: Engine, s3, bucket: str) -> Metadata:
 
 
 def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
-    engine = make_engine(settings.metadata_db_url)
-    try:
+    with metadata_engine(settings.metadata_db_url) as engine:
         result = beat(engine=engine, s3=make_s3_client(settings), bucket=settings.bucket)
-    finally:
-        engine.dispose()
     return {**result, "bucket": settings.bucket, "endpoint_host": settings.endpoint_host}
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from workers.db import LayoutRegistry, make_engine, utcnow
+from workers.db import LayoutRegistry, metadata_engine, utcnow
 from workers.runtime import Metadata, WorkerError, run_worker
 from workers.settings import Settings
 
@@ -106,11 +106,8 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
     path = params.get("definitions")
     text = Path(path).read_text() if path else packaged_definitions()
     registry_version, layouts = parse_definitions(text)
-    engine = make_engine(settings.metadata_db_url)
-    try:
+    with metadata_engine(settings.metadata_db_url) as engine:
         counts = sync(engine, layouts)
-    finally:
-        engine.dispose()
     return {**counts, "active": len(layouts), "registry_version": registry_version}
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from workers import classifier
 from workers.db import InboxObject as InboxObjectRow
-from workers.db import Submission, SubmissionFile, make_engine, utcnow
+from workers.db import Submission, SubmissionFile, metadata_engine, utcnow
 from workers.faults import checkpoint
 from workers.inbox import UNKNOWN, Group, InboxObject, fingerprint, group_from_params, list_objects, relative_path
 from workers.manifest import Manifest, ManifestFile, manifest_key_for, raw_prefix_for
@@ -353,8 +353,7 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
     if files is None:
         # Standalone runs classify the group first, as the job's op does before launching us.
         files = classifier.work(settings, params)["files"]
-    engine = make_engine(settings.metadata_db_url)
-    try:
+    with metadata_engine(settings.metadata_db_url) as engine:
         return register(
             engine=engine,
             s3=make_s3_client(settings),
@@ -364,8 +363,6 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
             grouping_method=params.get("grouping_method") or "marker",
             files=files,
         )
-    finally:
-        engine.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:

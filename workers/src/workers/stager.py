@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from workers.db import InboxObject, Submission, SubmissionFile, make_engine, utcnow
+from workers.db import InboxObject, Submission, SubmissionFile, metadata_engine, utcnow
 from workers.faults import checkpoint
 from workers.manifest import Manifest
 from workers.runtime import Metadata, WorkerError, describe_failure, run_worker
@@ -287,8 +287,7 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
     if not isinstance(submission_id, str) or not submission_id:
         raise WorkerError("submission_id is required (--submission-id, or the Pipes extra submission_id)")
     intake = load_intake_settings()
-    engine = make_engine(settings.metadata_db_url)
-    try:
+    with metadata_engine(settings.metadata_db_url) as engine:
         return stage_submission(
             engine=engine,
             s3=make_s3_client(settings),
@@ -297,8 +296,6 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
             raw_root=intake.raw_prefix,
             delete_inbox=intake.stager_delete_inbox,
         )
-    finally:
-        engine.dispose()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
