@@ -14,6 +14,10 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 from botocore.exceptions import EndpointConnectionError
+from dagster._core.test_utils import create_test_daemon_workspace_context
+from dagster._core.workspace.load_target import ModuleTarget
+from dagster._daemon import get_default_daemon_logger
+from dagster._daemon.sensor import execute_sensor_iteration
 from orchestrator.definitions import defs
 from orchestrator.defs.intake import sensors
 from orchestrator.defs.intake.sensors import inbox_discovery_sensor, sensor_interval_seconds
@@ -130,6 +134,11 @@ def test_the_sensor_is_in_the_definitions_and_runs_by_default():
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert sensor.job_name == "register_submission_from_group_job"
     assert sensor.minimum_interval_seconds == sensor_interval_seconds()
+
+
+def test_the_inbox_is_an_asset_of_the_intake_group():
+    (spec,) = [spec for spec in defs.resolve_all_asset_specs() if spec.key == dg.AssetKey("inbox")]
+    assert spec.group_name == "intake"
 
 
 def test_the_interval_comes_from_sensor_interval_seconds():
@@ -343,3 +352,97 @@ def test_an_unreachable_object_store_fails_the_tick(inbox, clock, ticks, monkeyp
 
     with pytest.raises(EndpointConnectionError):
         ticks.tick()
+
+
+def observations(result) -> list[dg.AssetObservation]:
+    return [event for event in result.asset_events if isinstance(event, dg.AssetObservation)]
+
+
+def table_rows(observation: dg.AssetObservation) -> list[str]:
+    return [line for line in observation.metadata["rejected"].value.splitlines() if line.startswith("| inbox/")]
+
+
+def test_new_rejections_are_observed_on_the_inbox_asset_with_key_reason_and_size(inbox, clock, ticks):
+    inbox.put("inbox/top.csv", body=b"12345")
+    inbox.put("inbox/acme/unknown/d/sub/", body=b"")
+    inbox.put(DROP + "_SUCCESS")
+
+    (observation,) = observations(ticks.tick())
+
+    assert observation.asset_key == dg.AssetKey("inbox")
+    assert observation.metadata["new_rejections"].value == 2
+    assert observation.metadata["rejections_on_record"].value == 2
+    assert table_rows(observation) == [
+        "| inbox/acme/unknown/d/sub/ | folder placeholder (the key ends with '/'), not a file | 0 |",
+        "| inbox/top.csv | too shallow: a file needs 3 folders under inbox/ (submitter/file type/drop id) | 5 |",
+    ]
+
+
+def test_a_tick_over_the_same_rejected_keys_observes_nothing(inbox, clock, ticks):
+    inbox.put("inbox/top.csv", "inbox/acme/x.csv")
+    ticks.tick()
+
+    assert observations(ticks.tick()) == []
+
+
+def test_a_rejected_key_uploaded_again_with_other_content_is_observed_again(inbox, clock, ticks):
+    inbox.put("inbox/top.csv", "inbox/acme/x.csv")
+    ticks.tick()
+
+    inbox.put("inbox/top.csv", body=b"other bytes\n")
+    (observation,) = observations(ticks.tick())
+
+    assert observation.metadata["new_rejections"].value == 1
+    assert observation.metadata["rejections_on_record"].value == 3
+    assert [row.split(" | ")[0] for row in table_rows(observation)] == ["| inbox/top.csv"]
+
+
+def test_the_observation_shows_twenty_rejections_and_says_how_many_more(inbox, clock, ticks):
+    inbox.put(*[f"inbox/top-{i:02d}.csv" for i in range(25)])
+
+    (observation,) = observations(ticks.tick())
+
+    assert observation.metadata["new_rejections"].value == 25
+    assert len(table_rows(observation)) == 20
+    assert "and 5 more" in observation.metadata["rejected"].value
+
+
+def test_a_key_cannot_break_out_of_its_table_cell(inbox, clock, ticks):
+    inbox.put("inbox/a|b\r\n\x01.csv")
+
+    (observation,) = observations(ticks.tick())
+
+    assert table_rows(observation) == [
+        "| inbox/a\\|b\\\\r\\\\n\\\\x01.csv | too shallow: a file needs 3 folders under inbox/ "
+        "(submitter/file type/drop id) | 13 |"
+    ]
+
+
+def test_the_observation_holds_no_file_contents(inbox, clock, ticks):
+    sentinel = "SENTINEL-4f1c9e-member-name"
+    inbox.put("inbox/top.csv", body=f"member,name\n1,{sentinel}\n".encode())
+
+    (observation,) = observations(ticks.tick())
+
+    serialized = dg.serialize_value(observation)
+    assert "inbox/top.csv" in serialized
+    assert sentinel not in serialized
+
+
+def test_the_daemon_stores_the_observation_in_the_event_log_the_ui_reads(inbox, tmp_path):
+    """Through the sensor daemon's own iteration, with the code location in a gRPC server of its
+    own as in `dagster dev`: what it stores is what the asset page shows. These are Dagster's
+    internal test helpers (no public API evaluates a sensor the daemon's way)."""
+    inbox.put("inbox/top.csv", "inbox/acme/x.csv")
+    target = ModuleTarget("orchestrator.definitions", None, None, "health_intake")
+    with (
+        dg.instance_for_test(temp_dir=str(tmp_path)) as instance,
+        create_test_daemon_workspace_context(target, instance) as workspace,
+    ):
+        list(execute_sensor_iteration(workspace, get_default_daemon_logger("SensorDaemon"), None, None))
+        records = instance.fetch_observations(dg.AssetKey("inbox"), limit=10).records
+
+    (record,) = records
+    metadata = record.asset_observation.metadata
+    assert metadata["new_rejections"].value == 2
+    assert "inbox/acme/x.csv" in metadata["rejected"].value

@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from orchestrator.defs.intake.assets import sync_layout_registry
-from orchestrator.defs.intake.jobs import register_submission_from_group_job
+from orchestrator.defs.intake.jobs import markdown_cell, register_submission_from_group_job
 from orchestrator.defs.resources import WorkerLauncher
 from workers.manifest import Manifest
 
@@ -111,3 +111,7 @@ def test_raw_objects_are_never_listed_in_file_contents_metadata(synced_layouts, 
     result = run_job(SEED_RUN_CONFIG)
     assert result.success
     assert all(b"SENTINEL-PHI" not in repr(e).encode() for e in result.all_events)
+
+
+def test_a_markdown_cell_keeps_pipes_backslashes_and_line_breaks_inside_it():
+    assert markdown_cell("a|b\\|c\r\n") == "a\\|b\\\\\\|c\\\\r\\\\n"

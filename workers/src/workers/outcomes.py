@@ -4,8 +4,9 @@ why (`python -m workers.tables inbox_rejection`) instead of searching logs."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from sqlalchemy import Engine, select, tuple_
+from sqlalchemy import Engine, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from workers.db import InboxRejection, utcnow
@@ -14,10 +15,19 @@ from workers.inbox import InboxObject
 BATCH = 500
 
 
-def record_rejections(engine: Engine, rejected: Iterable[tuple[InboxObject, str, str | None]]) -> int:
-    """Upsert (object, reason, grouping_key) by key + ETag; returns how many were new."""
+@dataclass(frozen=True)
+class Rejection:
+    """A newly recorded rejection, as shown to an operator: never the object's contents."""
+
+    key: str
+    reason: str
+    size_bytes: int
+
+
+def record_rejections(engine: Engine, rejected: Iterable[tuple[InboxObject, str, str | None]]) -> list[Rejection]:
+    """Upsert (object, reason, grouping_key) by key + ETag; returns the ones not on record before."""
     rejected = list(rejected)
-    new = 0
+    new = []
     with Session(engine) as session, session.begin():
         for start in range(0, len(rejected), BATCH):
             batch = rejected[start : start + BATCH]
@@ -35,6 +45,11 @@ def record_rejections(engine: Engine, rejected: Iterable[tuple[InboxObject, str,
                     row = InboxRejection(key=obj.key, etag=obj.etag, size_bytes=obj.size, grouping_key=grouping_key)
                     session.add(row)
                     known[(obj.key, obj.etag)] = row
-                    new += 1
+                    new.append(Rejection(obj.key, reason[:500], obj.size))
                 row.reason, row.last_seen_at = reason[:500], utcnow()
     return new
+
+
+def rejections_on_record(engine: Engine) -> int:
+    with Session(engine) as session:
+        return session.scalar(select(func.count()).select_from(InboxRejection))

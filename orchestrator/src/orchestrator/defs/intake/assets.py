@@ -2,6 +2,16 @@ import dagster as dg
 
 from orchestrator.defs.resources import WorkerLauncher
 
+inbox = dg.AssetSpec(
+    "inbox",
+    group_name="intake",
+    kinds={"s3"},
+    description=(
+        "The inbox partners upload into, listed by inbox_discovery_sensor. Each observation lists the "
+        "objects newly rejected (key, reason, size), which inbox_rejection keeps for good."
+    ),
+)
+
 
 @dg.asset(
     group_name="intake",

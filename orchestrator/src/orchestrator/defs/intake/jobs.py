@@ -56,10 +56,15 @@ def as_metadata(report: dict) -> dict:
 
 def markdown_table(rows: list[dict]) -> str:
     columns = list(rows[0])
-    escape = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(escape(row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(markdown_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def markdown_cell(value) -> str:
+    """A partner's key can hold a backslash, a pipe or a line break: none may end the cell or the row."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+    return text.replace("\\", "\\\\").replace("|", "\\|")
 
 
 @dg.job(

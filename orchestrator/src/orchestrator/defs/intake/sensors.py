@@ -8,19 +8,21 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 import dagster as dg
-from workers.db import make_engine
+from workers.db import metadata_engine
 from workers.inbox import InboxObject, list_objects, rejection_reason
-from workers.outcomes import record_rejections
+from workers.outcomes import Rejection, record_rejections, rejections_on_record
 from workers.settings import IntakeSettings, SettingsError, load_intake_settings, load_settings
 from workers.store import make_s3_client
 
-from orchestrator.defs.intake import jobs
+from orchestrator.defs.intake import assets, jobs
 from workers import discovery
 
 SHOWN_KEYS = 5
+SHOWN_REJECTIONS = 20
 # Dagster's strict tag value form, so the tags filter and display everywhere.
 STRICT_TAG_VALUE = re.compile(r"[A-Za-z0-9_.-]{0,63}")
 NOT_IN_TAG_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -52,11 +54,12 @@ def inbox_discovery_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResu
     objects, uploads = look_at_inbox(intake)
     evaluation = discovery.evaluate(objects, uploads, previous_state(context), utc_now(), intake)
     report(context.log, evaluation, intake)
-    record_shallow(objects, evaluation.shallow_keys, intake)
+    observations = record_shallow(objects, evaluation.shallow_keys, intake)
     return dg.SensorResult(
         run_requests=[run_request(complete) for complete in evaluation.complete],
         skip_reason=None if evaluation.complete else waiting_summary(evaluation),
         cursor=discovery.dump_state(evaluation.state),
+        asset_events=observations,
     )
 
 
@@ -71,17 +74,34 @@ def look_at_inbox(intake: IntakeSettings) -> tuple[list[InboxObject], list[disco
     return objects, uploads
 
 
-def record_shallow(objects: list[InboxObject], shallow_keys: list[str], intake: IntakeSettings) -> None:
-    """Keys that form no group get a recorded outcome in inbox_rejection, not only a log line."""
+def record_shallow(
+    objects: list[InboxObject], shallow_keys: list[str], intake: IntakeSettings
+) -> list[dg.AssetObservation]:
+    """Keys that form no group get a recorded outcome in inbox_rejection, and the new ones an
+    observation of the inbox asset: an entry in the UI that stays, where tick logs scroll away."""
     if not shallow_keys:
-        return
+        return []
     shallow = set(shallow_keys)
     reason = lambda key: rejection_reason(key, intake.inbox_prefix, intake.group_by_depth)  # noqa: E731
-    engine = make_engine(load_settings().metadata_db_url)
-    try:
-        record_rejections(engine, ((obj, reason(obj.key), None) for obj in objects if obj.key in shallow))
-    finally:
-        engine.dispose()
+    with metadata_engine(load_settings().metadata_db_url) as engine:
+        new = record_rejections(engine, ((obj, reason(obj.key), None) for obj in objects if obj.key in shallow))
+        return [rejections_observed(new, rejections_on_record(engine))] if new else []
+
+
+def rejections_observed(new: list[Rejection], on_record: int) -> dg.AssetObservation:
+    """Keys, reasons and sizes only: everything here lands in Dagster's event log."""
+    table = jobs.markdown_table([asdict(rejection) for rejection in new[:SHOWN_REJECTIONS]])
+    if len(new) > SHOWN_REJECTIONS:
+        table += f"\n\nand {len(new) - SHOWN_REJECTIONS} more: `python -m workers.tables inbox_rejection`"
+    return dg.AssetObservation(
+        asset_key=assets.inbox.key,
+        description=f"{len(new)} inbox object(s) newly rejected",
+        metadata={
+            "new_rejections": len(new),
+            "rejections_on_record": on_record,
+            "rejected": dg.MetadataValue.md(table),
+        },
+    )
 
 
 def previous_state(context: dg.SensorEvaluationContext) -> dict[str, discovery.Sighting]:
