@@ -30,6 +30,13 @@ from tests.services import (  # noqa: F401 - re-exported: the tests import these
 )
 
 
+@pytest.fixture(autouse=True)
+def quick_db_connect_retries(monkeypatch):
+    """Tests that point a worker at a database that is down would otherwise wait out the default
+    backoff (seconds per test); tests of the retry itself set their own values."""
+    monkeypatch.setenv("DB_CONNECT_BACKOFF_SECONDS", "0.01")
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> S3Server:
     root = tmp_path_factory.mktemp("s3")

@@ -1,15 +1,36 @@
 """The object store or the database goes away: nothing is lost, nothing half-written, and the
 platform catches up once it is back. The S3 server here is a real one, stopped and restarted."""
 
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 from orchestrator.definitions import defs
 from orchestrator.defs.intake.sensors import inbox_discovery_sensor
 
-from tests.conftest import S3_KEYS, S3Server, drop_files, start_s3_server, stop_process_group, wait_for_s3
+from tests.conftest import (
+    S3_KEYS,
+    S3Server,
+    drop_files,
+    free_port_block,
+    migrate,
+    platform_environment,
+    start_s3_server,
+    stop_process_group,
+    wait_for_s3,
+)
 from tests.reliability.conftest import list_all, run_worker
 
 GROUP = "inbox/acme/unknown/outage/"
+DB_PASSWORD = "SENTINEL-DB-PASSWORD-retry"
 
 
 @pytest.fixture
@@ -58,18 +79,97 @@ def test_a_tick_during_an_object_store_outage_fails_and_the_next_catches_up(rest
     ledger.update(outages_survived=1)
 
 
-def test_a_worker_with_the_database_down_exits_naming_it_and_writes_nothing(s3_server, bucket, ledger):
+def test_a_worker_with_the_database_down_retries_then_exits_naming_it_and_writes_nothing(s3_server, bucket, ledger):
     env = {
-        "METADATA_DB_URL": "postgresql+psycopg2://intake@127.0.0.1:1/metadata",
+        "METADATA_DB_URL": f"postgresql+psycopg2://intake:{DB_PASSWORD}@127.0.0.1:1/metadata",
         "MINIO_ENDPOINT": s3_server.endpoint,
         "MINIO_BUCKET": bucket,
+        "DB_CONNECT_ATTEMPTS": "3",
+        "DB_CONNECT_BACKOFF_SECONDS": "0.1",
     }
     drop_files(s3_server.client(), bucket, GROUP, {"medical_claims.csv": b"1\n"})
 
     done = run_worker(env, "registrar", "--grouping-key", GROUP)
 
     assert done.returncode == 1
-    assert "registrar: error: metadata database error (postgresql at 127.0.0.1:1/metadata)" in done.stderr
+    *retries, error = done.stderr.strip().splitlines()
+    assert [line.split(";")[0] for line in retries] == [
+        "metadata database: connection attempt 1/3 failed (psycopg2.OperationalError)",
+        "metadata database: connection attempt 2/3 failed (psycopg2.OperationalError)",
+    ]
+    assert error.startswith("registrar: error: metadata database error (postgresql at 127.0.0.1:1/metadata)")
+    assert error.endswith("Connection refused (gave up after 3 connection attempts)")
+    assert DB_PASSWORD not in done.stderr + done.stdout
     assert list_all(s3_server.client(), bucket, "raw/") == []
     assert len(list_all(s3_server.client(), bucket, GROUP)) == 2
+    ledger.update(outages_survived=1)
+
+
+@contextmanager
+def forwarding(port: int, to: tuple[str, int]) -> Iterator[None]:
+    """A TCP forwarder on 127.0.0.1:port to `to`: the database coming back on the port a worker dials."""
+    listener = socket.create_server(("127.0.0.1", port))
+    listener.settimeout(0.1)
+    stopped = threading.Event()
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        for end in (source, sink):  # either side closing ends both directions; shutdown wakes the other pump
+            with suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def serve() -> None:
+        while not stopped.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.create_connection(to)
+            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        yield
+    finally:
+        stopped.set()
+        server.join()
+        listener.close()
+
+
+def test_a_worker_started_while_the_database_is_down_connects_once_it_is_back(postgres_url, s3_server, bucket, ledger):
+    migrate(postgres_url)
+    database = sa.make_url(postgres_url)
+    port = free_port_block()  # nothing listens here until the forwarder starts
+    # Postgres here trusts local connections: the password travels but is never checked.
+    url = database.set(port=port, password=DB_PASSWORD).render_as_string(hide_password=False)
+    env = platform_environment(url, s3_server, bucket) | {
+        "DB_CONNECT_ATTEMPTS": "10",
+        "DB_CONNECT_BACKOFF_SECONDS": "0.2",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "workers.heartbeat"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first_retry = worker.stderr.readline()  # the database stays down until the worker has been refused
+    with forwarding(port, (database.host, database.port or 5432)):
+        out, rest = worker.communicate(timeout=120)
+
+    assert worker.returncode == 0, first_retry + rest
+    assert first_retry.startswith("metadata database: connection attempt 1/10 failed (psycopg2.OperationalError)")
+    assert DB_PASSWORD not in first_retry + rest + out
+    engine = sa.create_engine(postgres_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id FROM bootstrap_heartbeat")).scalars().all()
+    engine.dispose()
+    assert rows == [json.loads(out)["row_id"]]
     ledger.update(outages_survived=1)

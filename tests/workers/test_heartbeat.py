@@ -101,6 +101,15 @@ def test_a_malformed_setting_exits_nonzero_naming_the_variable(s3_server, bucket
     assert done.stderr.strip().startswith("heartbeat: error: MINIO_ENDPOINT")
 
 
+def test_a_malformed_db_connect_setting_exits_nonzero_naming_the_variable(migrated_db_url, s3_server, bucket):
+    env = platform_environment(migrated_db_url, s3_server, bucket) | {"DB_CONNECT_ATTEMPTS": "0"}
+    done = run_heartbeat(env)
+
+    assert done.returncode == 1
+    assert done.stderr.strip() == "heartbeat: error: DB_CONNECT_ATTEMPTS must be an integer >= 1"
+    assert heartbeat_rows(migrated_db_url) == []
+
+
 def test_pipes_flag_outside_dagster_refuses_instead_of_reporting_into_a_mock(migrated_db_url, s3_server, bucket):
     done = run_heartbeat(platform_environment(migrated_db_url, s3_server, bucket), "--pipes")
 

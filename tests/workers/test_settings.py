@@ -1,5 +1,5 @@
 import pytest
-from workers.settings import DEFAULTS, SettingsError, load_settings
+from workers.settings import DEFAULTS, DbConnectSettings, SettingsError, load_db_connect_settings, load_settings
 
 
 def test_dev_defaults_apply_when_nothing_is_set():
@@ -54,3 +54,33 @@ def test_credentials_stay_out_of_repr():
 
 def test_every_default_is_a_valid_setting():
     assert load_settings(DEFAULTS).bucket == DEFAULTS["MINIO_BUCKET"]
+
+
+def test_db_connect_defaults_are_five_attempts_from_half_a_second():
+    assert load_db_connect_settings({}) == DbConnectSettings(attempts=5, backoff_seconds=0.5)
+
+
+def test_db_connect_settings_are_read():
+    env = {"DB_CONNECT_ATTEMPTS": " 1 ", "DB_CONNECT_BACKOFF_SECONDS": "0"}
+    assert load_db_connect_settings(env) == DbConnectSettings(attempts=1, backoff_seconds=0.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DB_CONNECT_ATTEMPTS", "0"),
+        ("DB_CONNECT_ATTEMPTS", "2.5"),
+        ("DB_CONNECT_ATTEMPTS", "many"),
+        ("DB_CONNECT_ATTEMPTS", "inf"),
+        ("DB_CONNECT_ATTEMPTS", ""),
+        ("DB_CONNECT_BACKOFF_SECONDS", "-1"),
+        ("DB_CONNECT_BACKOFF_SECONDS", "nan"),
+        ("DB_CONNECT_BACKOFF_SECONDS", "1s"),
+    ],
+)
+def test_a_bad_db_connect_setting_fails_with_one_line_naming_the_variable(name, value):
+    with pytest.raises(SettingsError) as excinfo:
+        load_db_connect_settings({name: value})
+    message = str(excinfo.value)
+    assert message.startswith(name)
+    assert "\n" not in message

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -20,6 +24,8 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from workers.settings import DbConnectSettings, load_db_connect_settings
 
 # Stable constraint names, so later migrations can alter constraints by name on both dialects.
 NAMING_CONVENTION = {
@@ -47,13 +53,64 @@ class BootstrapHeartbeat(Base):
     message: Mapped[str] = mapped_column(String(200))
 
 
-def make_engine(url: str) -> Engine:
+# Per wait, and for all the waits of one connection together (plus one connect_timeout at most).
+MAX_WAIT_SECONDS = 8.0
+CONNECT_DEADLINE_SECONDS = 60.0
+T = TypeVar("T")
+
+
+def make_engine(url: str, connecting: DbConnectSettings | None = None) -> Engine:
+    """An engine whose new connections are retried per `connecting` (default: DB_CONNECT_* from the environment)."""
+    connecting = connecting or load_db_connect_settings()  # read on SQLite too, so a bad value never hides
     # A blackholed database host fails within seconds instead of hanging a worker for minutes.
     connect_args = {"connect_timeout": 10} if url.startswith("postgresql") else {}
     engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas)  # a local file: nothing to wait for
+    else:
+        _retry_connecting(engine, connecting)
     return engine
+
+
+def _retry_connecting(engine: Engine, connecting: DbConnectSettings) -> None:
+    # Only opening a connection is retried (the pool's, pre-ping's reconnect included): nothing
+    # has been sent on it yet, so a retry cannot repeat a statement or half a transaction.
+    refused = engine.dialect.loaded_dbapi.OperationalError
+
+    @event.listens_for(engine, "do_connect")
+    def connect(dialect, _record, cargs, cparams):
+        return connect_with_retry(lambda: dialect.connect(*cargs, **cparams), refused, connecting)
+
+
+def connect_with_retry(
+    connect: Callable[[], T],
+    refused: type[Exception],
+    connecting: DbConnectSettings,
+    deadline_seconds: float = CONNECT_DEADLINE_SECONDS,
+) -> T:
+    """`connect()`, retried on `refused` with capped exponential backoff and jitter; the last
+    error propagates, noting how many attempts were made. One stderr line per retry names the
+    attempt and the error class, never the URL or the server's message."""
+    give_up_at = time.monotonic() + deadline_seconds
+    attempt = 1
+    while True:
+        try:
+            return connect()
+        except refused as exc:
+            ceiling = min(MAX_WAIT_SECONDS, connecting.backoff_seconds * 2 ** min(attempt - 1, 30))
+            wait = ceiling * random.uniform(0.5, 1)  # jitter: workers started together do not retry together
+            if attempt >= connecting.attempts or time.monotonic() + wait > give_up_at:
+                exc.add_note(f"gave up after {attempt} connection attempt{'s' if attempt > 1 else ''}")
+                raise
+            error = f"{type(exc).__module__}.{type(exc).__qualname__}"
+            print(
+                f"metadata database: connection attempt {attempt}/{connecting.attempts} failed ({error}); "
+                f"retrying in {wait:.2f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(wait)
+            attempt += 1
 
 
 @contextmanager

@@ -35,8 +35,10 @@ def describe_failure(exc: BaseException, settings: Settings | None) -> str:
         return str(exc)
     if isinstance(exc, SQLAlchemyError):
         where = _db_location(settings)
-        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        return f"metadata database error ({where}): {cause}"
+        orig = getattr(exc, "orig", None) or exc
+        cause = str(orig).strip().splitlines()[0]
+        tried = "".join(f" ({note})" for note in getattr(orig, "__notes__", ()))  # connect_with_retry's count
+        return f"metadata database error ({where}): {cause}{tried}"
     if isinstance(exc, EndpointConnectionError):
         return f"object store unreachable at {settings.endpoint_host if settings else '?'}"
     if isinstance(exc, ClientError):

@@ -6,6 +6,7 @@ environment, so secrets never travel in extras, tags or the event log.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -129,7 +130,7 @@ def load_intake_settings(env: Mapping[str, str] | None = None) -> IntakeSettings
     get = lambda name: env.get(name, INTAKE_DEFAULTS[name]).strip()  # noqa: E731
     return IntakeSettings(
         inbox_prefix=_prefix(get("INBOX_PREFIX"), "INBOX_PREFIX"),
-        group_by_depth=int(_number(get("GROUP_BY_DEPTH"), "GROUP_BY_DEPTH", minimum=1)),
+        group_by_depth=int(_number(get("GROUP_BY_DEPTH"), "GROUP_BY_DEPTH", minimum=1, integer=True)),
         marker_file=_filename(get("MARKER_FILE"), "MARKER_FILE"),
         quiescence_minutes=_number(get("QUIESCENCE_MINUTES"), "QUIESCENCE_MINUTES", minimum=0),
         abandoned_upload_hours=_number(get("ABANDONED_UPLOAD_HOURS"), "ABANDONED_UPLOAD_HOURS", minimum=0),
@@ -139,19 +140,42 @@ def load_intake_settings(env: Mapping[str, str] | None = None) -> IntakeSettings
     )
 
 
+DB_CONNECT_DEFAULTS = {
+    "DB_CONNECT_ATTEMPTS": "5",
+    "DB_CONNECT_BACKOFF_SECONDS": "0.5",
+}
+
+
+@dataclass(frozen=True)
+class DbConnectSettings:
+    """How patiently a metadata-DB connection is opened: attempts, and the first wait between them."""
+
+    attempts: int
+    backoff_seconds: float
+
+
+def load_db_connect_settings(env: Mapping[str, str] | None = None) -> DbConnectSettings:
+    env = os.environ if env is None else env
+    get = lambda name: env.get(name, DB_CONNECT_DEFAULTS[name]).strip()  # noqa: E731
+    return DbConnectSettings(
+        attempts=int(_number(get("DB_CONNECT_ATTEMPTS"), "DB_CONNECT_ATTEMPTS", minimum=1, integer=True)),
+        backoff_seconds=_number(get("DB_CONNECT_BACKOFF_SECONDS"), "DB_CONNECT_BACKOFF_SECONDS", minimum=0),
+    )
+
+
 def _prefix(value: str, name: str) -> str:
     if not value or value.startswith("/") or not value.endswith("/") or "//" in value:
         raise SettingsError(f"{name} must be a key prefix ending in '/', such as inbox/")
     return value
 
 
-def _number(value: str, name: str, minimum: float) -> float:
+def _number(value: str, name: str, minimum: float, integer: bool = False) -> float:
     try:
         number = float(value)
     except ValueError:
         raise SettingsError(f"{name} must be a number") from None
-    if number < minimum or (name == "GROUP_BY_DEPTH" and not number.is_integer()):
-        raise SettingsError(f"{name} must be {'an integer ' if name == 'GROUP_BY_DEPTH' else ''}>= {minimum:g}")
+    if not math.isfinite(number) or number < minimum or (integer and not number.is_integer()):
+        raise SettingsError(f"{name} must be {'an integer ' if integer else ''}>= {minimum:g}")
     return number
 
 

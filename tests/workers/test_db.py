@@ -1,0 +1,54 @@
+"""Opening a metadata-DB connection is retried, boundedly; nothing else is. Against real refusals
+(port 1, where nothing listens), a real Postgres and a real SQLite file."""
+
+import time
+
+import psycopg2
+import pytest
+import sqlalchemy as sa
+from workers.db import connect_with_retry, make_engine
+from workers.settings import DbConnectSettings
+
+NOWHERE = {"host": "127.0.0.1", "port": 1, "dbname": "metadata", "connect_timeout": 10}
+
+
+def test_connecting_gives_up_at_the_deadline_with_attempts_left(capfd):
+    patient = DbConnectSettings(attempts=1000, backoff_seconds=0.05)
+    started = time.monotonic()
+    with pytest.raises(psycopg2.OperationalError) as excinfo:
+        connect_with_retry(lambda: psycopg2.connect(**NOWHERE), psycopg2.OperationalError, patient, deadline_seconds=1)
+
+    assert time.monotonic() - started < 1.5
+    (note,) = excinfo.value.__notes__
+    attempts = int(note.removeprefix("gave up after ").removesuffix(" connection attempts"))
+    assert 2 <= attempts < 1000
+    retries = capfd.readouterr().err.splitlines()
+    assert len(retries) == attempts - 1
+    assert retries[0].startswith("metadata database: connection attempt 1/1000 failed (psycopg2.OperationalError)")
+
+
+def test_a_single_attempt_is_not_retried(capfd):
+    once = DbConnectSettings(attempts=1, backoff_seconds=5)
+    with pytest.raises(psycopg2.OperationalError) as excinfo:
+        connect_with_retry(lambda: psycopg2.connect(**NOWHERE), psycopg2.OperationalError, once)
+
+    assert excinfo.value.__notes__ == ["gave up after 1 connection attempt"]
+    assert capfd.readouterr().err == ""
+
+
+def test_a_statement_that_loses_its_connection_is_not_retried(postgres_url, capfd):
+    engine = make_engine(postgres_url, DbConnectSettings(attempts=5, backoff_seconds=0.01))
+    with engine.connect() as conn, pytest.raises(sa.exc.OperationalError) as excinfo:
+        conn.execute(sa.text("SELECT pg_terminate_backend(pg_backend_pid())"))
+    engine.dispose()
+
+    assert excinfo.value.connection_invalidated
+    assert "connection attempt" not in capfd.readouterr().err
+
+
+def test_sqlite_is_not_retried(tmp_path, capfd):
+    engine = make_engine(f"sqlite:///{tmp_path / 'missing' / 'metadata.db'}", DbConnectSettings(5, 0.01))
+    with pytest.raises(sa.exc.OperationalError, match="unable to open database file"):
+        engine.connect()
+
+    assert "connection attempt" not in capfd.readouterr().err
