@@ -191,8 +191,8 @@ def staging_section(part: dict) -> list[str]:
     names = {
         "floor_copy_and_hash": "floor: CopyObject + streamed SHA-256 read",
         "floor_with_target_head": "floor + HEAD of each target",
-        "managed_copy_with_target_head": "... with boto3's managed `s3.copy` instead of CopyObject",
-        "stager": "stager (HEAD, managed copy, verify, DB marks)",
+        "create_only_copy_and_hash": "floor with the stager's conditions (If-None-Match, CopySourceIfMatch)",
+        "stager": "stager (create-only copy, verify, DB marks)",
         "stager_with_inbox_cleanup": "stager with inbox clean-up (one run)",
         "naive_download_upload": "naive download + re-upload",
     }

@@ -44,6 +44,7 @@ class SourceFile:
     raw_key: str
     size: int
     sha256: str
+    etag: str
 
 
 def file_sizes(total_mib: int) -> list[int]:
@@ -86,7 +87,7 @@ def source_files(db_url: str, submission_id: str) -> list[SourceFile]:
     engine = make_engine(db_url)
     with Session(engine) as session:
         rows = session.scalars(select_files(submission_id)).all()
-        files = [SourceFile(r.inbox_key, r.raw_key, r.size_bytes, r.sha256) for r in rows]
+        files = [SourceFile(r.inbox_key, r.raw_key, r.size_bytes, r.sha256, r.etag) for r in rows]
     engine.dispose()
     return files
 
@@ -138,10 +139,9 @@ def plain_copy(s3, bucket: str, f: SourceFile, target: str) -> None:
     s3.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": f.inbox_key})
 
 
-def managed_copy(s3, bucket: str, f: SourceFile, target: str) -> None:
-    """The stager's call: boto3's managed copy with the stager's transfer configuration."""
-    config = stager.transfer_config(stager.MULTIPART_THRESHOLD)
-    s3.copy({"Bucket": bucket, "Key": f.inbox_key}, bucket, target, Config=config)
+def create_only_copy(s3, bucket: str, f: SourceFile, target: str) -> None:
+    """The stager's call: a server-side copy refused if the target exists or the source changed."""
+    stager.create_only_copy(s3, bucket, f.inbox_key, f.etag, target, f.size, stager.CopyPlan())
 
 
 def naive_copy(s3, bucket: str, files: list[SourceFile], workers: int) -> None:
@@ -198,9 +198,9 @@ def run(endpoint: S3Endpoint, bucket: str, db_url: str, total_mib: int, repeats:
             lambda: parallel_copies(s3, bucket, files, workers, "bench-head/", plain_copy, head=True),
             lambda: remove_keys(s3, bucket, ["bench-head/" + k for k in raw_keys]),
         ),
-        "managed_copy_with_target_head": (
-            lambda: parallel_copies(s3, bucket, files, workers, "bench-managed/", managed_copy, head=True),
-            lambda: remove_keys(s3, bucket, ["bench-managed/" + k for k in raw_keys]),
+        "create_only_copy_and_hash": (
+            lambda: parallel_copies(s3, bucket, files, workers, "bench-create-only/", create_only_copy),
+            lambda: remove_keys(s3, bucket, ["bench-create-only/" + k for k in raw_keys]),
         ),
         "stager": (
             lambda: run_stager(db_url, submission_id, delete_inbox=False),

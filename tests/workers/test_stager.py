@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 import pytest
 import sqlalchemy as sa
+from botocore.exceptions import ClientError
 from sqlalchemy.orm import Session
 from workers.db import InboxObject, Submission, SubmissionFile, make_engine, utcnow
 from workers.manifest import Manifest, ManifestFile, manifest_key_for, raw_prefix_for
 from workers.runtime import WorkerError
-from workers.stager import stage_submission, work
-from workers.store import make_s3_client
+from workers.stager import CopyPlan, create_only_copy, stage_submission, work
+from workers.store import PRECONDITION_FAILED, make_s3_client
 
 GROUP = "inbox/acme/claims/drop-001/"
 MARKER = GROUP + "_SUCCESS"
@@ -424,3 +425,46 @@ def test_help_explains_the_arguments():
     assert done.returncode == 0
     assert "--submission-id" in done.stdout
     assert "STAGER_DELETE_INBOX" in done.stdout
+
+
+@pytest.mark.parametrize("size", [1000, 12 * MiB], ids=["copy_object", "multipart"])
+def test_the_server_refuses_a_raw_copy_onto_an_existing_key(platform_env, size):
+    # What makes raw writes create-only is the server's answer, not a check of ours beforehand:
+    # the copy itself is refused (412) with the existing object left as it was.
+    s3 = make_s3_client(platform_env)
+    bucket = platform_env.bucket
+    source = s3.put_object(Bucket=bucket, Key=GROUP + "f.csv", Body=os.urandom(size))
+    s3.put_object(Bucket=bucket, Key="raw/acme/taken.csv", Body=b"first bytes")
+    plan = CopyPlan(multipart_threshold=5 * MiB)
+
+    with pytest.raises(ClientError) as refused:
+        create_only_copy(s3, bucket, GROUP + "f.csv", source["ETag"], "raw/acme/taken.csv", size, plan)
+
+    assert refused.value.response["Error"]["Code"] in PRECONDITION_FAILED
+    assert read(platform_env, "raw/acme/taken.csv") == b"first bytes"
+    assert s3.list_multipart_uploads(Bucket=bucket, Prefix="raw/").get("Uploads", []) == []
+    create_only_copy(s3, bucket, GROUP + "f.csv", source["ETag"], "raw/acme/new.csv", size, plan)
+    assert len(read(platform_env, "raw/acme/new.csv")) == size
+
+
+def test_two_stagers_racing_on_one_submission_both_end_with_every_file_staged_once(platform_env, register):
+    registered = register(some_files(12))
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "workers.stager", "--submission-id", registered.submission_id],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "STAGER_DELETE_INBOX": "false"},
+        )
+        for _ in range(2)
+    ]
+    results = [(run.wait(timeout=120), *run.communicate()) for run in runs]
+
+    assert [code for code, _, _ in results] == [0, 0], results
+    reports = [json.loads(out) for _, out, _ in results]
+    # Each file was copied by exactly one of them; the other found the same bytes there.
+    assert sum(r["files_copied"] for r in reports) == 12
+    assert keys_under(platform_env, registered.raw_prefix) == sorted([*registered.raw_keys, registered.manifest_key])
+    for key, body in registered.files.items():
+        assert read(platform_env, key) == body

@@ -1,21 +1,24 @@
 """Stager worker: copies a registered submission's files from the inbox into the raw zone.
 
 Server-side copies (multipart above 5 GiB), each checked against the manifest's SHA-256 by a
-streamed read; a raw object is never overwritten. Once every file is verified the submission is
-"staged"; then, unless STAGER_DELETE_INBOX is false, the inbox objects its registration observed
-are removed, each only while its ETag is still the recorded one. Safe to re-run after a crash.
+streamed read. Raw writes are create-only at the server: every copy carries `If-None-Match: *`
+(on CopyObject, or on CompleteMultipartUpload), so a raw object is never overwritten, even by
+two stagers racing; a refusal is checked against the manifest and reported. Once every file is
+verified the submission is "staged"; then, unless STAGER_DELETE_INBOX is false, the inbox objects
+its registration observed are removed, each only while its ETag is still the recorded one. Safe
+to re-run after a crash.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
@@ -32,10 +35,22 @@ MiB = 1024 * 1024
 MULTIPART_THRESHOLD = 5 * 1024 * MiB
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 512 * MiB
+MAX_PARTS = 10_000
 # Files copied at once, and parts per multipart copy: 4 x 2 stays within botocore's 10 connections.
 FILE_WORKERS = 4
 PART_WORKERS = 2
 READ_CHUNK = MiB
+
+
+@dataclass(frozen=True)
+class CopyPlan:
+    """Files larger than `multipart_threshold` are copied in parts of `part_size` bytes."""
+
+    multipart_threshold: int = MULTIPART_THRESHOLD
+
+    def part_size(self, size: int) -> int:
+        wanted = min(max(self.multipart_threshold, MIN_PART_SIZE), MAX_PART_SIZE)
+        return max(wanted, math.ceil(size / MAX_PARTS))
 
 
 @dataclass(frozen=True)
@@ -68,7 +83,7 @@ def stage_submission(
         staged = [StagedFile(f.raw_key, f.size_bytes, f.sha256, copied=False) for f in files]
     else:
         check_manifest(read_manifest(s3, bucket, submission.manifest_key), submission, files)
-        staged = copy_files(engine, s3, bucket, files, transfer_config(multipart_threshold), file_workers)
+        staged = copy_files(engine, s3, bucket, files, CopyPlan(multipart_threshold), file_workers)
         checkpoint("stager.files_marked")
         mark_submission_staged(engine, submission_id)
         checkpoint("stager.submission_staged")
@@ -130,23 +145,14 @@ def check_manifest(manifest: Manifest, submission: Submission, files: list[Submi
         )
 
 
-def transfer_config(multipart_threshold: int) -> TransferConfig:
-    part_size = min(max(multipart_threshold, MIN_PART_SIZE), MAX_PART_SIZE)
-    return TransferConfig(
-        multipart_threshold=multipart_threshold,
-        multipart_chunksize=part_size,
-        max_concurrency=PART_WORKERS,
-    )
-
-
 def copy_files(
-    engine: Engine, s3, bucket: str, files: list[SubmissionFile], config: TransferConfig, workers: int
+    engine: Engine, s3, bucket: str, files: list[SubmissionFile], plan: CopyPlan, workers: int
 ) -> list[StagedFile]:
     """Stage the files not yet marked, in parallel; record each as verified, then fail on any refusal."""
     done = [StagedFile(f.raw_key, f.size_bytes, f.sha256, copied=False) for f in files if f.staged_at]
     failures: list[str] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stager") as pool:
-        futures = [pool.submit(stage_file, s3, bucket, f, config) for f in files if not f.staged_at]
+        futures = [pool.submit(stage_file, s3, bucket, f, plan) for f in files if not f.staged_at]
         for future in as_completed(futures):
             try:
                 staged = future.result()
@@ -162,32 +168,81 @@ def copy_files(
     return sorted(done, key=lambda s: s.raw_key)
 
 
-def stage_file(s3, bucket: str, file: SubmissionFile, config: TransferConfig) -> StagedFile:
-    if object_exists(s3, bucket, file.raw_key):
-        if sha256_of(s3, bucket, file.raw_key) != file.sha256:
-            raise WorkerError(f"raw object {file.raw_key} already exists with different bytes; not overwritten")
-        return StagedFile(file.raw_key, file.size_bytes, file.sha256, copied=False)
+def stage_file(s3, bucket: str, file: SubmissionFile, plan: CopyPlan) -> StagedFile:
     try:
-        # CopySourceIfMatch: copy the registered version of the inbox object, never a later upload.
-        s3.copy(
-            {"Bucket": bucket, "Key": file.inbox_key},
-            bucket,
-            file.raw_key,
-            ExtraArgs={"CopySourceIfMatch": quoted(file.etag)},
-            Config=config,
-        )
+        create_only_copy(s3, bucket, file.inbox_key, file.etag, file.raw_key, file.size_bytes, plan)
     except ClientError as exc:
-        if error_code(exc) in PRECONDITION_FAILED:
-            raise WorkerError(
-                f"inbox object {file.inbox_key} changed since registration (ETag differs); not staged"
-            ) from None
-        if error_code(exc) in NOT_FOUND:
+        code = error_code(exc)
+        if code not in (*PRECONDITION_FAILED, *NOT_FOUND):
+            raise
+        # Refused: the raw key is taken (If-None-Match) or the inbox object changed or went away
+        # (CopySourceIfMatch). A raw object already there is this file only if its bytes say so.
+        if object_exists(s3, bucket, file.raw_key):
+            return already_staged(s3, bucket, file)
+        if code in NOT_FOUND:
             raise WorkerError(f"inbox object {file.inbox_key} is gone; not staged") from None
-        raise
+        raise WorkerError(
+            f"inbox object {file.inbox_key} changed since registration (ETag differs); not staged"
+        ) from None
     checkpoint("stager.copied")
     if sha256_of(s3, bucket, file.raw_key) != file.sha256:
         raise WorkerError(f"copy at {file.raw_key} does not match the manifest's SHA-256; left in place for inspection")
     return StagedFile(file.raw_key, file.size_bytes, file.sha256, copied=True)
+
+
+def already_staged(s3, bucket: str, file: SubmissionFile) -> StagedFile:
+    """The raw key exists: the same bytes (an earlier or concurrent run) count as staged."""
+    if sha256_of(s3, bucket, file.raw_key) != file.sha256:
+        raise WorkerError(
+            f"raw object {file.raw_key} already exists with different bytes; the server refused to overwrite it"
+        )
+    return StagedFile(file.raw_key, file.size_bytes, file.sha256, copied=False)
+
+
+def create_only_copy(
+    s3, bucket: str, source_key: str, source_etag: str, target_key: str, size: int, plan: CopyPlan
+) -> None:
+    """Server-side copy of one version of an object to a new key, refused by the server (412) if
+    the target key exists or the source is no longer that version."""
+    source = {"Bucket": bucket, "Key": source_key}
+    if size <= plan.multipart_threshold:
+        s3.copy_object(
+            Bucket=bucket, Key=target_key, CopySource=source, CopySourceIfMatch=quoted(source_etag), IfNoneMatch="*"
+        )
+        return
+    part_size = plan.part_size(size)
+    ranges = [
+        (number, start, min(start + part_size, size) - 1)
+        for number, start in enumerate(range(0, size, part_size), start=1)
+    ]
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=target_key)["UploadId"]
+
+    def copy_part(part: tuple[int, int, int]) -> dict[str, Any]:
+        number, first, last = part
+        result = s3.upload_part_copy(
+            Bucket=bucket,
+            Key=target_key,
+            UploadId=upload_id,
+            PartNumber=number,
+            CopySource=source,
+            CopySourceIfMatch=quoted(source_etag),
+            CopySourceRange=f"bytes={first}-{last}",
+        )
+        return {"PartNumber": number, "ETag": result["CopyPartResult"]["ETag"]}
+
+    try:
+        with ThreadPoolExecutor(max_workers=PART_WORKERS, thread_name_prefix="stager-part") as pool:
+            parts = list(pool.map(copy_part, ranges))
+        s3.complete_multipart_upload(
+            Bucket=bucket, Key=target_key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
+        )
+    except BaseException:
+        # Parts of an unfinished upload are invisible, but they hold space until aborted.
+        try:
+            s3.abort_multipart_upload(Bucket=bucket, Key=target_key, UploadId=upload_id)
+        except ClientError:
+            pass
+        raise
 
 
 def object_exists(s3, bucket: str, key: str) -> bool:
