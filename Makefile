@@ -16,14 +16,18 @@ lint:
 # --- Docker mode (README "Docker mode"). Settings come from .env (cp .env.example .env). -----
 COMPOSE ?= docker-compose
 DAGSTER_PORT ?= 3000
-.PHONY: engine images up down logs dagster-cli psql minio-shell
+.PHONY: engine env images up down logs dagster-cli psql minio-shell
 
 # Rootful Podman with Docker's API, for machines without a Docker engine (run as root).
 engine:
 	./scripts/container_engine.sh
 
+# .env from .env.example with every REQUIRED secret set to a fresh random value (never overwrites).
+env:
+	./scripts/new_env.py .env .env.example
+
 .env:
-	@echo "no .env: cp .env.example .env, then set the secrets it marks REQUIRED" >&2; exit 1
+	@echo "no .env: make env (or cp .env.example .env, then set the secrets it marks REQUIRED)" >&2; exit 1
 
 # The four worker images and the Dagster image (offline, from the local python:3.11-slim).
 images: .env

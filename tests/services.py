@@ -71,10 +71,17 @@ def free_s3_port() -> int:
 
 
 def start_s3_server(
-    data_dir: Path, log_path: Path, keys: tuple[str, str] = S3_KEYS, port: int | None = None
+    data_dir: Path,
+    log_path: Path,
+    keys: tuple[str, str] = S3_KEYS,
+    port: int | None = None,
+    identities: Path | None = None,
 ) -> tuple[subprocess.Popen, int]:
+    """`identities`: an identities document (workers.roles render) instead of one all-powerful key."""
     port = port or free_s3_port()
     env = {**os.environ, "MINIO_ACCESS_KEY": keys[0], "MINIO_SECRET_KEY": keys[1]}
+    if identities is not None:
+        env["S3_IDENTITIES_FILE"] = str(identities)
     proc = subprocess.Popen(
         [str(REPO / "scripts/s3_server.sh"), str(data_dir), str(port)],
         env=env,

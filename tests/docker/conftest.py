@@ -8,8 +8,8 @@ REQUIRE_CONTAINER_ENGINE=1 (as .ci/run sets) they fail instead.
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -54,15 +54,14 @@ def engine() -> docker.DockerClient:
 
 
 def compose_env_file(directory: Path) -> Path:
-    """.env.example with the required secrets filled in, as an operator would."""
-    lines = []
-    for line in (REPO / ".env.example").read_text().splitlines():
-        name, sep, value = line.partition("=")
-        if sep and not value and not line.startswith("#"):
-            line = f"{name}={secrets.token_hex(12)}"
-        lines.append(line)
+    """.env.example with the required secrets filled in, as `make env` does."""
     path = directory / "compose.env"
-    path.write_text("\n".join(lines) + "\n")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts/new_env.py"), str(path), str(REPO / ".env.example")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
     return path
 
 

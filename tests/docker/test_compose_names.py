@@ -24,6 +24,9 @@ EXPECTED_SERVICES = {
     "minio",
     "minio_init",
     "migrations",
+    "roles_render",
+    "roles_apply",
+    "roles_check",
     "seaweedfs",
     *WORKERS,
 }
@@ -80,7 +83,7 @@ def test_the_dagster_instance_reads_only_variables_compose_sets():
 
 
 def test_env_example_lists_every_variable_compose_reads_and_no_other():
-    used = set(re.findall(r"\$\{([A-Z_]+)", (REPO / "docker-compose.yml").read_text()))
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", (REPO / "docker-compose.yml").read_text()))
     assert used == env_example_names()
 
 
@@ -98,3 +101,20 @@ def test_compose_accepts_the_file(tmp_path):
         ["docker-compose", "--env-file", str(env_file), "config", "-q"], cwd=REPO, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_only_the_object_store_and_its_set_up_steps_hold_the_root_keys():
+    root_holders = {"minio", "minio_init", "migrations", "roles_render", "roles_apply"}
+    for name, service in SERVICES.items():
+        env = service.get("environment", {})
+        holds_root = "${MINIO_SECRET_KEY:" in str(env.get("MINIO_SECRET_KEY", "")) or "MINIO_ROOT_PASSWORD" in env
+        assert holds_root == (name in root_holders), name
+
+
+def test_every_role_has_its_keys_in_compose_and_env_example():
+    from workers.roles import GRANTS, key_variables
+
+    for role in GRANTS:
+        for name in key_variables(role):
+            assert f"${{{name}:?" in (REPO / "docker-compose.yml").read_text(), name
+            assert name in env_example_names(), name

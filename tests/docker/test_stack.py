@@ -84,6 +84,8 @@ def stack_settings(engine, env_file) -> dict[str, str]:
         engine.images.get(settings["MINIO_IMAGE"])
     except docker.errors.ImageNotFound:
         settings["MINIO_IMAGE"] = S3_STANDIN
+        # The stand-in (SeaweedFS) reads the rendered roles when it starts; there is no `mc`.
+        settings["S3_ROLES_PROVISIONING"] = "static"
     settings.update(ports, SENSOR_INTERVAL_SECONDS="5", WORKER_DOCKER_NETWORK=PROJECT)
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     return settings
@@ -120,7 +122,7 @@ def test_every_long_running_service_is_healthy_and_the_one_shot_steps_succeeded(
         assert state(service)["Health"]["Status"] == "healthy", service
     for service in ("dagster_webserver", "dagster_daemon"):
         assert state(service)["Running"], service
-    for one_shot in ("migrations", "minio_init"):
+    for one_shot in ("migrations", "minio_init", "roles_render", "roles_apply", "roles_check"):
         assert (state(one_shot)["Running"], state(one_shot)["ExitCode"]) == (False, 0), one_shot
 
 
@@ -160,3 +162,29 @@ def test_the_dagster_cli_in_the_webserver_container_materializes_the_heartbeat(s
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "RUN_SUCCESS" in done.stdout + done.stderr
+
+
+def test_the_roles_gate_passed_and_the_dagster_services_hold_no_root_key(stack):
+    # roles_check probed every role against the stack's object store before Dagster started.
+    checked = stack.compose("logs", "--no-color", "roles_check").stdout
+    probes = [line for line in checked.splitlines() if "| ok " in line or "| BAD " in line]
+    assert len(probes) == 45 and all("| ok " in line for line in probes), checked[-3000:]
+    for service in ("dagster_webserver", "dagster_daemon"):
+        env = stack.compose("exec", "-T", service, "env").stdout
+        assert stack.settings["MINIO_SECRET_KEY"] not in env, service
+        assert f"MINIO_SECRET_KEY={stack.settings['MINIO_DISCOVERY_SECRET_KEY']}" in env.splitlines(), service
+    # So the heartbeat and the staged drop above wrote bootstrap/ and raw/ with their own roles'
+    # keys: the discovery keys these services hold are refused there.
+    refused = stack.compose(
+        "exec",
+        "-T",
+        "dagster_daemon",
+        "python",
+        "-c",
+        "import sys; from botocore.exceptions import ClientError; from workers.settings import load_settings; "
+        "from workers.store import make_s3_client; s = load_settings()\n"
+        "try: make_s3_client(s).put_object(Bucket=s.bucket, Key='bootstrap/x', Body=b'')\n"
+        "except ClientError as e: sys.exit(0 if e.response['Error']['Code'] == 'AccessDenied' else 3)\n"
+        "sys.exit(4)",
+    )
+    assert refused.returncode == 0, refused.stdout + refused.stderr

@@ -16,12 +16,18 @@ from dagster._core.pipes.utils import extract_message_or_forward_to_stdout
 from dagster_docker import PipesDockerClient
 from dagster_docker.pipes import PipesDockerLogsMessageReader
 from dagster_pipes import DagsterPipesError
+from workers.roles import role_credentials, role_of
 from workers.runtime import RESULT_MARKER
+from workers.settings import SettingsError
 
 # Connection settings a worker reads from its environment. They are forwarded as environment,
-# never as Pipes extras, tags or metadata, so no secret reaches the event log.
+# never as Pipes extras, tags or metadata, so no secret reaches the event log. Where a role's own
+# keys are set (MINIO_<ROLE>_ACCESS_KEY / _SECRET_KEY, workers.roles), the worker gets those
+# instead of MINIO_ACCESS_KEY / MINIO_SECRET_KEY.
 CONNECTION_VARIABLES = (
     "METADATA_DB_URL",
+    "DB_CONNECT_ATTEMPTS",
+    "DB_CONNECT_BACKOFF_SECONDS",
     "MINIO_ENDPOINT",
     "MINIO_ACCESS_KEY",
     "MINIO_SECRET_KEY",
@@ -81,21 +87,24 @@ class WorkerLauncher(dg.ConfigurableResource):
         if self.mode == "docker":
             return self._launch_container(context, worker, extras)
         command = [sys.executable, "-m", f"{self.worker_package}.{worker}", "--pipes"]
+        env = worker_env(worker)
         try:
-            return dg.PipesSubprocessClient().run(context=context, command=command, extras=dict(extras or {})), ""
+            client = dg.PipesSubprocessClient()
+            return client.run(context=context, command=command, extras=dict(extras or {}), env=env), ""
         except DagsterPipesExecutionError as exc:
             reason = worker_error(context) or str(exc)
             raise dg.Failure(description=f"{worker} worker failed: {reason}") from None
 
     def _launch_container(self, context: Context, worker: str, extras: Mapping[str, Any] | None):
         client = ContainerClient()
+        env = worker_env(worker)
         try:
             invocation = client.run(
                 context=context,
                 image=self.image_for(worker),
                 command=["--pipes"],
                 extras=dict(extras or {}),
-                env=connection_env(),
+                env=env,
                 container_kwargs=self._container_kwargs(context, worker),
             )
             return invocation, f" (container exited with code 0; output tail: {client.output_tail()})"
@@ -203,8 +212,20 @@ def docker_problem(exc: Exception) -> str:
     return f"no container engine answers at DOCKER_HOST={os.environ.get('DOCKER_HOST', '(unset)')}: {exc}"
 
 
-def connection_env() -> dict[str, str]:
-    return {name: os.environ[name] for name in CONNECTION_VARIABLES if name in os.environ}
+def connection_env(worker: str, env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The connection settings for one worker: its role's object-store keys where they are set."""
+    values = {name: env[name] for name in CONNECTION_VARIABLES if name in env}
+    keys = role_credentials(role_of(worker), env)
+    if keys is not None:
+        values["MINIO_ACCESS_KEY"], values["MINIO_SECRET_KEY"] = keys
+    return values
+
+
+def worker_env(worker: str) -> dict[str, str]:
+    try:
+        return connection_env(worker)
+    except (SettingsError, KeyError) as exc:
+        raise dg.Failure(description=f"{worker} worker not started: {exc}") from None
 
 
 def worker_error(context: Context) -> str | None:

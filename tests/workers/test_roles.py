@@ -1,0 +1,280 @@
+"""Object-store roles (workers.roles) on a real SeaweedFS that enforces them: each role does its
+work, is refused outside it, and the whole intake runs with each worker holding only its role's keys."""
+
+import json
+import os
+import secrets
+import stat
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from botocore.exceptions import ClientError
+from orchestrator.definitions import defs
+from orchestrator.defs.intake.jobs import register_submission_from_group_job
+from orchestrator.defs.intake.sensors import inbox_discovery_sensor
+from orchestrator.defs.resources import WorkerLauncher, connection_env
+from workers.db import make_engine
+
+from tests.conftest import REPO, S3Server, drop_files, start_s3_server, stop_process_group, wait_for_s3
+from tests.orchestrator.test_raw_zone_check import run_check
+from workers import layouts, roles
+
+BUCKET = "health-raw"
+GROUP = "inbox/acme/unknown/roles-001/"
+ROOT = ("root-" + secrets.token_hex(6), secrets.token_hex(16))
+ROLE_KEYS = {role: (f"{role}-{secrets.token_hex(6)}", secrets.token_hex(16)) for role in roles.GRANTS}
+
+
+def role_variables() -> dict[str, str]:
+    env = {}
+    for role, (access, secret) in ROLE_KEYS.items():
+        access_name, secret_name = roles.key_variables(role)
+        env[access_name], env[secret_name] = access, secret
+    return env
+
+
+@pytest.fixture(scope="module")
+def role_server(tmp_path_factory) -> S3Server:
+    """An S3 server that knows only the root identity and one identity per role, as rendered."""
+    root = tmp_path_factory.mktemp("roles")
+    env = {
+        "METADATA_DB_URL": "sqlite://",
+        "MINIO_ENDPOINT": "http://127.0.0.1:9",
+        "MINIO_ACCESS_KEY": ROOT[0],
+        "MINIO_SECRET_KEY": ROOT[1],
+        "MINIO_BUCKET": BUCKET,
+        **role_variables(),
+    }
+    roles.render(root / "rendered", env)
+    proc, port = start_s3_server(
+        root / "data", root / "s3.log", keys=ROOT, identities=root / "rendered/identities.json"
+    )
+    server = S3Server(f"http://127.0.0.1:{port}", *ROOT)
+    try:
+        wait_for_s3(server, proc, root / "s3.log")
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server
+    finally:
+        stop_process_group(proc)
+
+
+def client_as(server: S3Server, role: str):
+    return S3Server(server.endpoint, *ROLE_KEYS[role]).client()
+
+
+@pytest.fixture
+def role_env(role_server, migrated_db_url, monkeypatch) -> dict[str, str]:
+    """The Dagster processes' environment in Docker mode: the discovery role's keys as their own,
+    every role's keys to hand to the workers, no root keys."""
+    env = {
+        "METADATA_DB_URL": migrated_db_url,
+        "MINIO_ENDPOINT": role_server.endpoint,
+        "MINIO_ACCESS_KEY": ROLE_KEYS["discovery"][0],
+        "MINIO_SECRET_KEY": ROLE_KEYS["discovery"][1],
+        "MINIO_BUCKET": BUCKET,
+        "WORKER_LAUNCH_MODE": "subprocess",
+        **role_variables(),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def test_render_keeps_the_secrets_in_an_owner_only_file_and_none_in_the_script(tmp_path):
+    env = {
+        "METADATA_DB_URL": "sqlite://",
+        "MINIO_ENDPOINT": "http://s3:9000",
+        "MINIO_ACCESS_KEY": ROOT[0],
+        "MINIO_SECRET_KEY": ROOT[1],
+        "MINIO_BUCKET": BUCKET,
+        **role_variables(),
+    }
+    identities, script = roles.render(tmp_path, env)
+
+    assert stat.S_IMODE(identities.stat().st_mode) == 0o600
+    document = json.loads(identities.read_text())
+    assert {i["name"] for i in document["identities"]} == {"root", *roles.GRANTS}
+    heartbeat = next(i for i in document["identities"] if i["name"] == "heartbeat")
+    assert heartbeat["actions"] == [f"Write:{BUCKET}/bootstrap/*"]
+    text = script.read_text()
+    assert not [value for value in env.values() if len(value) >= 16 and value in text]
+    assert subprocess.run(["sh", "-n", str(script)], capture_output=True).returncode == 0
+    for role in roles.GRANTS:
+        assert f"mc admin policy attach platform health-{role}" in text
+
+
+def test_render_refuses_a_role_without_keys(tmp_path):
+    env = {
+        "METADATA_DB_URL": "sqlite://",
+        "MINIO_ENDPOINT": "http://s3:9000",
+        "MINIO_ACCESS_KEY": ROOT[0],
+        "MINIO_SECRET_KEY": ROOT[1],
+        **{k: v for k, v in role_variables().items() if "STAGER" not in k},
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "workers.roles", "render", str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "roles: MINIO_STAGER_ACCESS_KEY is not set: every role needs its own keys"
+
+
+def test_the_check_finds_every_role_allowed_exactly_its_grants(role_server):
+    env = {
+        **os.environ,
+        "METADATA_DB_URL": "sqlite://",
+        "MINIO_ENDPOINT": role_server.endpoint,
+        "MINIO_ACCESS_KEY": ROLE_KEYS["discovery"][0],
+        "MINIO_SECRET_KEY": ROLE_KEYS["discovery"][1],
+        "MINIO_BUCKET": BUCKET,
+        **role_variables(),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "workers.roles", "check"], env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(roles.GRANTS) * 3 * 3 and all(line.startswith("ok ") for line in lines)
+    assert "ok  heartbeat  Write bootstrap allowed" in result.stdout
+    assert "ok  discovery  Read  raw       refused" in result.stdout
+    assert not [value for value in env.values() if len(value) >= 16 and value in result.stdout + result.stderr]
+
+
+def test_the_check_reports_a_server_that_grants_more_than_the_roles_say(s3_server, bucket):
+    # The suite's ordinary server has one all-powerful key: every refusal the roles expect is missing.
+    env = {
+        **os.environ,
+        "METADATA_DB_URL": "sqlite://",
+        "MINIO_ENDPOINT": s3_server.endpoint,
+        "MINIO_ACCESS_KEY": s3_server.access_key,
+        "MINIO_SECRET_KEY": s3_server.secret_key,
+        "MINIO_BUCKET": bucket,
+        **{name: s3_server.access_key if "ACCESS" in name else s3_server.secret_key for name in role_variables()},
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "workers.roles", "check"], env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 1
+    assert "BAD discovery  Write inbox     allowed (expected refused)" in result.stdout
+    assert "not as granted" in result.stderr
+
+
+def refused(operation) -> bool:
+    try:
+        operation()
+    except ClientError as exc:
+        return exc.response["Error"]["Code"] in ("AccessDenied", "403")
+    return False
+
+
+def test_each_role_is_refused_outside_its_permissions(role_server):
+    root = role_server.client()
+    root.put_object(Bucket=BUCKET, Key="inbox/acme/x/a.csv", Body=b"a\n")
+    root.put_object(Bucket=BUCKET, Key="raw/acme/x/a.csv", Body=b"a\n")
+    root.put_object(Bucket=BUCKET, Key="bootstrap/hello.txt", Body=b"hi\n")
+    discovery, registrar, stager, heartbeat, auditor = (
+        client_as(role_server, r) for r in ("discovery", "registrar", "stager", "heartbeat", "auditor")
+    )
+    inbox_file = {"Bucket": BUCKET, "Key": "inbox/acme/x/a.csv"}
+    attempts = {
+        "discovery puts into the inbox": lambda: discovery.put_object(Bucket=BUCKET, Key="inbox/acme/x/b", Body=b""),
+        "discovery deletes from the inbox": lambda: discovery.delete_object(**inbox_file),
+        "discovery reads the raw zone": lambda: discovery.get_object(Bucket=BUCKET, Key="raw/acme/x/a.csv"),
+        "discovery lists the raw zone": lambda: discovery.list_objects_v2(Bucket=BUCKET, Prefix="raw/"),
+        "discovery lists the whole bucket": lambda: discovery.list_objects_v2(Bucket=BUCKET),
+        "registrar deletes from the inbox": lambda: registrar.delete_object(**inbox_file),
+        "registrar writes bootstrap/": lambda: registrar.put_object(Bucket=BUCKET, Key="bootstrap/x", Body=b""),
+        "stager writes bootstrap/": lambda: stager.put_object(Bucket=BUCKET, Key="bootstrap/x", Body=b""),
+        "stager reads bootstrap/": lambda: stager.get_object(Bucket=BUCKET, Key="bootstrap/hello.txt"),
+        "stager copies bootstrap/ into raw": lambda: stager.copy_object(
+            Bucket=BUCKET, Key="raw/acme/x/hello.txt", CopySource={"Bucket": BUCKET, "Key": "bootstrap/hello.txt"}
+        ),
+        "stager copies the inbox outside raw": lambda: stager.copy_object(
+            Bucket=BUCKET, Key="elsewhere/a.csv", CopySource=inbox_file
+        ),
+        "heartbeat reads the inbox": lambda: heartbeat.get_object(**inbox_file),
+        "heartbeat lists the inbox": lambda: heartbeat.list_objects_v2(Bucket=BUCKET, Prefix="inbox/"),
+        "heartbeat writes the raw zone": lambda: heartbeat.put_object(Bucket=BUCKET, Key="raw/acme/x/b", Body=b""),
+        "heartbeat reads back bootstrap/": lambda: heartbeat.get_object(Bucket=BUCKET, Key="bootstrap/hello.txt"),
+        "auditor writes the raw zone": lambda: auditor.put_object(Bucket=BUCKET, Key="raw/acme/x/b", Body=b""),
+        "auditor deletes from the raw zone": lambda: auditor.delete_object(Bucket=BUCKET, Key="raw/acme/x/a.csv"),
+        "auditor reads the inbox": lambda: auditor.get_object(**inbox_file),
+    }
+    allowed = [what for what, operation in attempts.items() if not refused(operation)]
+
+    assert allowed == []
+    # Nothing a refused call touched has changed.
+    assert root.get_object(**inbox_file)["Body"].read() == b"a\n"
+    assert root.get_object(Bucket=BUCKET, Key="raw/acme/x/a.csv")["Body"].read() == b"a\n"
+    listed = [o["Key"] for o in root.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert sorted(listed) == ["bootstrap/hello.txt", "inbox/acme/x/a.csv", "raw/acme/x/a.csv"]
+    # ...and what the roles are for is allowed.
+    heartbeat.put_object(Bucket=BUCKET, Key="bootstrap/hello.txt", Body=b"hi again\n")
+    stager.copy_object(Bucket=BUCKET, Key="raw/acme/x/c.csv", CopySource=inbox_file)
+    assert auditor.get_object(Bucket=BUCKET, Key="raw/acme/x/c.csv")["Body"].read() == b"a\n"
+    for key in ("inbox/acme/x/a.csv", "raw/acme/x/a.csv", "raw/acme/x/c.csv", "bootstrap/hello.txt"):
+        root.delete_object(Bucket=BUCKET, Key=key)
+
+
+def test_a_worker_holding_another_roles_keys_is_refused_and_writes_nothing(role_env):
+    # The heartbeat worker with the discovery keys: its PutObject under bootstrap/ is refused.
+    env = {**os.environ, **role_env}
+    result = subprocess.run(
+        [sys.executable, "-m", "workers.heartbeat"], env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 1
+    assert "AccessDenied" in result.stderr and "PutObject" in result.stderr
+    engine = sa.create_engine(role_env["METADATA_DB_URL"])
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM bootstrap_heartbeat")).scalar_one() == 0
+    engine.dispose()
+
+
+def test_the_launcher_hands_each_worker_its_roles_keys_only():
+    env = {"MINIO_ACCESS_KEY": "orchestrator", "MINIO_SECRET_KEY": "orchestrator-secret", **role_variables()}
+
+    for worker, role in {"stager": "stager", "audit": "auditor", "classifier": "discovery"}.items():
+        given = connection_env(worker, env)
+        assert (given["MINIO_ACCESS_KEY"], given["MINIO_SECRET_KEY"]) == ROLE_KEYS[role]
+        assert not any(name.startswith(("MINIO_STAGER", "MINIO_AUDITOR")) for name in given)
+    # Without role keys (dev mode) every worker gets the one key pair.
+    assert connection_env("stager", {"MINIO_ACCESS_KEY": "a", "MINIO_SECRET_KEY": "b"})["MINIO_ACCESS_KEY"] == "a"
+    with pytest.raises(Exception, match="MINIO_STAGER_SECRET_KEY is not set, but its pair is"):
+        connection_env("stager", {"MINIO_STAGER_ACCESS_KEY": "a"})
+
+
+def test_the_intake_runs_end_to_end_with_each_worker_under_its_role(role_env, role_server):
+    engine = make_engine(role_env["METADATA_DB_URL"])
+    layouts.sync(engine, layouts.parse_definitions(layouts.packaged_definitions())[1])
+    engine.dispose()
+    root = role_server.client()
+    drop_files(root, BUCKET, GROUP, {"medical_claims.csv": b"m,a\n1,2\n", "ref/codes.txt": b"A1\n"})
+    instance = dg.DagsterInstance.ephemeral()
+
+    # The sensor runs in the Dagster process, under the discovery role.
+    tick = inbox_discovery_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
+    (request,) = tick.run_requests
+    result = register_submission_from_group_job.execute_in_process(
+        run_config=request.run_config, tags=request.tags, instance=instance, resources={"launcher": WorkerLauncher()}
+    )
+
+    assert result.success
+    raw = [o["Key"] for o in root.list_objects_v2(Bucket=BUCKET, Prefix="raw/")["Contents"]]
+    assert len(raw) == 3 and sum(key.endswith("_manifest.generated.json") for key in raw) == 1
+    assert root.list_objects_v2(Bucket=BUCKET, Prefix=GROUP).get("KeyCount") == 0
+    # The audit re-reads the raw zone under the auditor role.
+    assert run_check().passed
+
+
+def test_the_role_table_names_only_areas_it_can_resolve():
+    areas = roles.Areas(inbox="inbox/", raw="raw/")
+    for role, verbs in roles.GRANTS.items():
+        assert set(verbs) <= set(roles.VERBS), role
+        for names in verbs.values():
+            assert all(areas.prefix(name) for name in names)
+    assert (REPO / "docker-compose.yml").read_text().count("MINIO_AUDITOR_ACCESS_KEY") >= 1
