@@ -30,6 +30,7 @@ class Ledger(Counter):
         super().__init__()
         self.points: set[str] = set()
         self.bad_inputs: list[tuple[str, str, str]] = []  # case, key, outcome
+        self.servers: set[str] = set()  # the S3 servers the immutability tests ran against
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +50,7 @@ def write_report(counts: Ledger) -> None:
         ("concurrent registrations (processes racing for one group)", counts["concurrent_registrations"]),
         ("outages survived (object store or database down)", counts["outages_survived"]),
         ("bad inputs tried", counts["bad_inputs"]),
+        ("raw overwrites attempted and refused by the server", counts["overwrites_refused"]),
         ("files checked after faults", counts["files_checked"]),
         ("files lost", counts["files_lost"]),
         ("files duplicated", counts["files_duplicated"]),
@@ -68,6 +70,10 @@ def write_report(counts: Ledger) -> None:
         "Files lost, files duplicated and secrets found must be 0; the tests fail otherwise.",
         "",
         "Crash points (`workers/faults.py`, point:pass): " + ", ".join(sorted(counts.points)),
+        "",
+        "Create-only raw writes verified against: "
+        + (", ".join(sorted(counts.servers)) or "no server")
+        + ". MinIO could not be run here (see tests/reliability/test_immutability.py).",
         "",
     ]
     if counts.bad_inputs:
