@@ -278,3 +278,9 @@ def test_the_role_table_names_only_areas_it_can_resolve():
         for names in verbs.values():
             assert all(areas.prefix(name) for name in names)
     assert (REPO / "docker-compose.yml").read_text().count("MINIO_AUDITOR_ACCESS_KEY") >= 1
+
+
+def test_a_worker_without_a_role_gets_the_launching_process_keys():
+    env = {"MINIO_ACCESS_KEY": "discovery-key", "MINIO_SECRET_KEY": "discovery-secret", **role_variables()}
+    given = connection_env("some_new_worker", env)
+    assert (given["MINIO_ACCESS_KEY"], given["MINIO_SECRET_KEY"]) == ("discovery-key", "discovery-secret")

@@ -213,9 +213,12 @@ def docker_problem(exc: Exception) -> str:
 
 
 def connection_env(worker: str, env: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The connection settings for one worker: its role's object-store keys where they are set."""
+    """The connection settings for one worker: its role's object-store keys where they are set.
+    A worker without a role of its own gets the launching process's keys (in Docker mode the
+    read-only discovery role's)."""
     values = {name: env[name] for name in CONNECTION_VARIABLES if name in env}
-    keys = role_credentials(role_of(worker), env)
+    role = role_of(worker)
+    keys = role_credentials(role, env) if role else None
     if keys is not None:
         values["MINIO_ACCESS_KEY"], values["MINIO_SECRET_KEY"] = keys
     return values
@@ -224,7 +227,7 @@ def connection_env(worker: str, env: Mapping[str, str] = os.environ) -> dict[str
 def worker_env(worker: str) -> dict[str, str]:
     try:
         return connection_env(worker)
-    except (SettingsError, KeyError) as exc:
+    except SettingsError as exc:
         raise dg.Failure(description=f"{worker} worker not started: {exc}") from None
 
 
