@@ -115,3 +115,43 @@ def test_raw_objects_are_never_listed_in_file_contents_metadata(synced_layouts, 
 
 def test_a_markdown_cell_keeps_pipes_backslashes_and_line_breaks_inside_it():
     assert markdown_cell("a|b\\|c\r\n") == "a\\|b\\\\\\|c\\\\r\\\\n"
+
+
+def inbox_observations(result: dg.ExecuteInProcessResult) -> list[dg.AssetObservation]:
+    return [
+        e.event_specific_data.asset_observation
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+        and e.event_specific_data.asset_observation.asset_key == dg.AssetKey("inbox")
+    ]
+
+
+def test_a_marker_alone_registers_nothing_and_its_rejection_is_observed_on_the_inbox_asset(synced_layouts, s3_server):
+    drop_files(s3_server.client(), synced_layouts.bucket, GROUP, {})
+
+    result = run_job(SEED_RUN_CONFIG)
+
+    assert result.success
+    assert not output_metadata(result, "register_submission_from_group").get("submission_id")
+    (observation,) = inbox_observations(result)
+    assert observation.metadata["new_rejections"].value == 1
+    table = observation.metadata["rejected"].value
+    assert f"| {GROUP}_SUCCESS | completion marker without data files | 0 |" in table
+    # Run again: the same marker is already on record, so nothing new is observed.
+    assert inbox_observations(run_job(SEED_RUN_CONFIG)) == []
+
+
+def test_a_file_left_out_of_a_registered_group_is_in_the_op_metadata_and_observed(synced_layouts, s3_server):
+    # Fits S3's 1,024-byte key limit in the inbox (segments under SeaweedFS's 255), not under raw/.
+    too_long = GROUP + "/".join(["n" * 240] * 4) + "/" + "x" * 20 + ".csv"
+    drop_files(
+        s3_server.client(), synced_layouts.bucket, GROUP, {"medical_claims.csv": b"a\n", too_long[len(GROUP) :]: b"b\n"}
+    )
+
+    result = run_job(SEED_RUN_CONFIG)
+
+    assert result.success
+    registered = output_metadata(result, "register_submission_from_group")
+    assert registered["file_count"] == 1 and "raw key would exceed" in registered["rejections"]
+    (observation,) = inbox_observations(result)
+    assert observation.metadata["new_rejections"].value == 1

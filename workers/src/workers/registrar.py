@@ -13,6 +13,7 @@ import hashlib
 import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -82,18 +83,24 @@ def register(
     rejections = [(obj, f"raw key would exceed {MAX_KEY_BYTES} bytes", group.grouping_key) for obj in too_long]
     if not new_files and not known:
         marker = [obj for obj in observed if obj.key == group.grouping_key + intake.marker_file]
-        record_rejections(
+        new = record_rejections(
             engine, rejections + [(m, "completion marker without data files", group.grouping_key) for m in marker]
         )
         reason = "the group holds no data files" if not too_long else "no file could be registered"
-        return {"submission_id": None, "grouping_key": group.grouping_key, "reason": reason, "rejected": len(too_long)}
-    record_rejections(engine, rejections)
+        return {
+            "submission_id": None,
+            "grouping_key": group.grouping_key,
+            "reason": reason,
+            "rejections": [asdict(r) for r in new],
+        }
+    new = record_rejections(engine, rejections)
     if new_files:
         submission_id, created = _register_new(engine, s3, bucket, intake, group, grouping_method, new_files, observed)
     else:
         submission_id, created = _latest(engine, set(known.values())), False
     manifest = ensure_manifest(engine, s3, bucket, submission_id)
-    return report(engine, manifest, created)
+    # Files of the group left out (recorded in inbox_rejection) travel with the report, for the UI.
+    return {**report(engine, manifest, created), "rejections": [asdict(r) for r in new]}
 
 
 def split_too_long(files: Sequence[Mapping[str, Any]], group: Group, intake: IntakeSettings) -> tuple[list, list]:

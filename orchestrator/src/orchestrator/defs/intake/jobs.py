@@ -3,11 +3,13 @@
 import dagster as dg
 from pydantic import Field
 
+from orchestrator.defs.intake import assets
 from orchestrator.defs.resources import WorkerLauncher
 
 GROUPING_METHODS = ("marker", "quiescence")
 # Reported by the workers as lists; the op shows them as tables, everything else as is.
-TABLE_KEYS = ("file_table",)
+TABLE_KEYS = ("file_table", "rejections")
+SHOWN_REJECTIONS = 20
 
 
 class GroupConfig(dg.Config):
@@ -31,6 +33,8 @@ def register_submission_from_group(context: dg.OpExecutionContext, config: Group
         "files": classified["files"],
     }
     registered = launcher.run(context=context, worker="registrar", extras=extras)
+    if registered.get("rejections"):
+        context.log_event(rejections_observed(registered["rejections"]))
     if not registered.get("submission_id"):
         context.log.warning(f"nothing registered for {config.grouping_key}: {registered.get('reason')}")
         return
@@ -52,6 +56,20 @@ def as_metadata(report: dict) -> dict:
         if report.get(key):
             metadata[key] = dg.MetadataValue.md(markdown_table(report[key]))
     return metadata
+
+
+def rejections_observed(rejections: list[dict], on_record: int | None = None) -> dg.AssetObservation:
+    """New inbox_rejection rows as an observation of the inbox asset: an entry in the UI that stays,
+    where logs scroll away. Keys, reasons and sizes only: everything here lands in the event log."""
+    table = markdown_table(rejections[:SHOWN_REJECTIONS])
+    if len(rejections) > SHOWN_REJECTIONS:
+        table += f"\n\nand {len(rejections) - SHOWN_REJECTIONS} more: `python -m workers.tables inbox_rejection`"
+    metadata = {"new_rejections": len(rejections), "rejected": dg.MetadataValue.md(table)}
+    if on_record is not None:
+        metadata["rejections_on_record"] = on_record
+    return dg.AssetObservation(
+        asset_key=assets.inbox.key, description=f"{len(rejections)} inbox object(s) newly rejected", metadata=metadata
+    )
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -14,15 +14,14 @@ from datetime import UTC, datetime
 import dagster as dg
 from workers.db import metadata_engine
 from workers.inbox import InboxObject, list_objects, rejection_reason
-from workers.outcomes import Rejection, record_rejections, rejections_on_record
+from workers.outcomes import record_rejections, rejections_on_record
 from workers.settings import IntakeSettings, SettingsError, load_intake_settings, load_settings
 from workers.store import make_s3_client
 
-from orchestrator.defs.intake import assets, jobs
+from orchestrator.defs.intake import jobs
 from workers import discovery
 
 SHOWN_KEYS = 5
-SHOWN_REJECTIONS = 20
 # Dagster's strict tag value form, so the tags filter and display everywhere.
 STRICT_TAG_VALUE = re.compile(r"[A-Za-z0-9_.-]{0,63}")
 NOT_IN_TAG_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -85,23 +84,9 @@ def record_shallow(
     reason = lambda key: rejection_reason(key, intake.inbox_prefix, intake.group_by_depth)  # noqa: E731
     with metadata_engine(load_settings().metadata_db_url) as engine:
         new = record_rejections(engine, ((obj, reason(obj.key), None) for obj in objects if obj.key in shallow))
-        return [rejections_observed(new, rejections_on_record(engine))] if new else []
-
-
-def rejections_observed(new: list[Rejection], on_record: int) -> dg.AssetObservation:
-    """Keys, reasons and sizes only: everything here lands in Dagster's event log."""
-    table = jobs.markdown_table([asdict(rejection) for rejection in new[:SHOWN_REJECTIONS]])
-    if len(new) > SHOWN_REJECTIONS:
-        table += f"\n\nand {len(new) - SHOWN_REJECTIONS} more: `python -m workers.tables inbox_rejection`"
-    return dg.AssetObservation(
-        asset_key=assets.inbox.key,
-        description=f"{len(new)} inbox object(s) newly rejected",
-        metadata={
-            "new_rejections": len(new),
-            "rejections_on_record": on_record,
-            "rejected": dg.MetadataValue.md(table),
-        },
-    )
+        if not new:
+            return []
+        return [jobs.rejections_observed([asdict(r) for r in new], rejections_on_record(engine))]
 
 
 def previous_state(context: dg.SensorEvaluationContext) -> dict[str, discovery.Sighting]:
