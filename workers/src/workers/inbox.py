@@ -18,7 +18,7 @@ from workers.settings import IntakeSettings
 UNKNOWN = "unknown"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InboxObject:
     key: str
     size: int
