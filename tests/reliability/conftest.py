@@ -38,7 +38,8 @@ def ledger():
     counts = Ledger()
     yield counts
     # Only a run of the whole reliability suite rewrites the report; a partial run would misstate it.
-    if all(counts[kind] for kind in ("crash_trials", "concurrent_registrations", "outages_survived", "secrets_scans")):
+    kinds = ("crash_trials", "concurrent_registrations", "overlapping_ticks", "outages_survived", "secrets_scans")
+    if all(counts[kind] for kind in kinds):
         if counts.bad_inputs:
             write_report(counts)
 
@@ -48,6 +49,11 @@ def write_report(counts: Ledger) -> None:
         ("crash trials (SIGKILL at a distinct point, then re-run)", counts["crash_trials"]),
         ("crashes survived (every invariant held after the re-run)", counts["crashes_survived"]),
         ("concurrent registrations (processes racing for one group)", counts["concurrent_registrations"]),
+        (
+            "sensor ticks evaluated again over the same cursor (sequentially or concurrently)",
+            counts["overlapping_ticks"],
+        ),
+        ("runs Dagster created twice for one run key (concurrent ticks; registered once)", counts["duplicate_runs"]),
         ("outages survived (object store or database down)", counts["outages_survived"]),
         ("bad inputs tried", counts["bad_inputs"]),
         ("raw overwrites attempted and refused by the server", counts["overwrites_refused"]),
