@@ -97,6 +97,7 @@ def render(doc: dict, json_path: Path) -> str:
         f"Run started {doc['started_at']}, took {doc['wall_seconds'] / 60:.1f} min"
         + (" (smoke run: tiny sizes, not a measurement)." if doc["smoke"] else "."),
         "",
+        *carried_over_section(doc.get("carried_over", {})),
         *machine_section(doc["machine"]),
         *targets_section(targets(doc)),
         *discovery_section(doc.get("discovery", {})),
@@ -107,6 +108,15 @@ def render(doc: dict, json_path: Path) -> str:
     if NOTES.exists() and not doc["smoke"]:
         lines += [NOTES.read_text().rstrip(), ""]
     return "\n".join(lines) + "\n"
+
+
+def carried_over_section(parts: dict) -> list[str]:
+    """Parts kept from an earlier run (`python -m bench --skip ...` re-measured the others)."""
+    return [
+        f"The {name.replace('_', ' ')} part is carried over from the run started {run['started_at']} "
+        f"(revision {run['git_revision']}): {run['why']}"
+        for name, run in parts.items()
+    ] + ([""] if parts else [])
 
 
 def display(path: Path) -> str:
