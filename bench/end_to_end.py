@@ -1,7 +1,7 @@
 """End to end: drops through `dagster dev` (sensor -> job -> staged), as ./dev_up.sh brings it up.
 
 dev_up.sh runs in a temporary copy of the repository (tracked and new files, as
-tests/test_dev_up.py makes it) on free ports, with SENSOR_INTERVAL_SECONDS small. The copy's
+tests/services.py's fresh_copy makes it) on free ports, with SENSOR_INTERVAL_SECONDS small. The copy's
 .venv is a directory of links into this checkout's .venv, stamped as installed, so dev_up.sh
 skips pip and never writes into the shared venv. Two phases:
 - latency: single drops one after another, each timed from its marker's upload to its
@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import signal
 import statistics
 import subprocess
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from bench.services import REPO, S3_KEYS, S3Endpoint, free_port_block, free_s3_port, stop_process_group
+from bench.services import REPO
+from tests.services import DevUpProcess, fresh_copy
 
 BUCKET = "health-raw"
 CLAIMS = "member_id,amount\n1,10\n2,{drop}\n"
@@ -36,18 +33,6 @@ RUNS_QUERY = """{ runsOrError(filter: {pipelineName: "register_submission_from_g
     eventConnection { events { __typename ... on MessageEvent { timestamp } } } } } } }"""
 # Run lifecycle events, in order: the gaps between them split a run's start-up.
 LIFECYCLE = ("RunEnqueuedEvent", "RunDequeuedEvent", "RunStartingEvent", "RunStartEvent")
-
-
-def fresh_copy(dest: Path) -> Path:
-    """The files a clone would have (tracked plus new, unignored), without .venv or .local."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    return dest
 
 
 def link_venv(copy: Path) -> None:
@@ -64,56 +49,7 @@ def link_venv(copy: Path) -> None:
 INSTALL_INPUTS = ("constraints.txt", "workers/pyproject.toml", "orchestrator/pyproject.toml")
 
 
-class DevUp:
-    def __init__(self, copy: Path, sensor_interval: int):
-        self.copy = copy
-        self.dagster_port = free_port_block()
-        self.s3 = S3Endpoint(f"http://127.0.0.1:{free_s3_port()}", *S3_KEYS)
-        self.log = copy / "dev_up.out"
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("METADATA_", "MINIO_", "DAGSTER_"))}
-        inherited.pop("WORKER_LAUNCH_MODE", None)
-        self.env = inherited | {
-            "DAGSTER_PORT": str(self.dagster_port),
-            "MINIO_ENDPOINT": self.s3.endpoint,
-            "SENSOR_INTERVAL_SECONDS": str(sensor_interval),
-        }
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 600) -> float:
-        began = time.monotonic()
-        self.proc = subprocess.Popen(
-            ["./dev_up.sh"],
-            cwd=self.copy,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        while "UI ready" not in self.log.read_text():
-            if self.proc.poll() is not None or time.monotonic() - began > timeout:
-                raise RuntimeError(f"dev_up.sh did not come up: {self.log.read_text()[-3000:]}")
-            time.sleep(1)
-        return time.monotonic() - began
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            stop_process_group(self.proc)
-
-    def graphql(self, query: str) -> dict:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.dagster_port}/graphql",
-            data=json.dumps({"query": query}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.load(response)["data"]
-
+class DevUp(DevUpProcess):
     def staged(self) -> dict[str, datetime]:
         """grouping key -> staged_at, from the dev metadata DB (SQLite)."""
         engine = sa.create_engine(f"sqlite:///{self.copy / '.local/metadata.db'}")
@@ -253,7 +189,7 @@ def summary(rows: list[dict]) -> dict:
 def run(workdir: Path, drops: int, singles: int, sensor_interval: int, log) -> dict:
     copy = fresh_copy(workdir / "repo")
     link_venv(copy)
-    platform = DevUp(copy, sensor_interval)
+    platform = DevUp(copy, sensor_interval=sensor_interval)
     try:
         up_seconds = platform.start()
         where = f"dagster :{platform.dagster_port}, S3 {platform.s3.endpoint}"

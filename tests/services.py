@@ -1,14 +1,18 @@
 """Real services started locally, for the test suite and the benchmark alike: the SeaweedFS S3
-server (scripts/s3_server.sh) on free ports, and Postgres databases of their own."""
+server (scripts/s3_server.sh) on free ports, Postgres databases of their own, and ./dev_up.sh in a
+fresh copy of the repository."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,3 +167,100 @@ def platform_environment(db_url: str, s3: S3Server, bucket: str) -> dict[str, st
         "MINIO_BUCKET": bucket,
         "WORKER_LAUNCH_MODE": "subprocess",
     }
+
+
+def fresh_copy(dest: Path) -> Path:
+    """The files a clone would have (tracked plus new, unignored), without .venv or .local."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+class DevUpProcess:
+    """./dev_up.sh in `copy` (see fresh_copy), as a user runs it, on free ports (or the ones given):
+    stdin closed, in a session of its own, output to copy/dev_up.out; Ctrl-C (SIGINT) stops it."""
+
+    def __init__(
+        self, copy: Path, dagster_port: int | None = None, s3_port: int | None = None, sensor_interval: int = 5
+    ):
+        self.copy = copy
+        self.dagster_port = dagster_port or free_port_block()
+        self.s3_port = s3_port or free_s3_port()
+        self.s3 = S3Server(f"http://127.0.0.1:{self.s3_port}", *S3_KEYS)
+        self.log = copy / "dev_up.out"
+        # Nothing of the caller's own platform: dev_up.sh picks its defaults (it sets WORKER_LAUNCH_MODE).
+        inherited = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("METADATA_", "MINIO_", "DAGSTER_")) and k != "WORKER_LAUNCH_MODE"
+        }
+        self.env = inherited | {
+            "DAGSTER_PORT": str(self.dagster_port),
+            "MINIO_ENDPOINT": self.s3.endpoint,
+            "SENSOR_INTERVAL_SECONDS": str(sensor_interval),
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 600) -> float:
+        """Seconds until the log says 'UI ready'; RuntimeError with the log's tail if it exits or times out."""
+        began = time.monotonic()
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                ["./dev_up.sh"],
+                cwd=self.copy,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        while "UI ready" not in self.log.read_text():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dev_up.sh exited ({self.proc.returncode}): {self.log.read_text()[-3000:]}")
+            if time.monotonic() - began > timeout:
+                raise RuntimeError(
+                    f"dev_up.sh did not bring the UI up in {timeout:.0f} s: {self.log.read_text()[-3000:]}"
+                )
+            time.sleep(1)
+        return time.monotonic() - began
+
+    def interrupt(self, timeout: float = 60) -> int:
+        """Ctrl-C; dev_up.sh's exit code (subprocess.TimeoutExpired if it has not exited in `timeout`)."""
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """Ctrl-C if it still runs; its process group is killed if that does not stop it in a minute."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.interrupt()
+        except subprocess.TimeoutExpired:
+            stop_process_group(self.proc)
+
+    def kill_leftovers(self) -> None:
+        """After a failure: stop(), then kill whatever still runs in the copy (dev_up.sh's children run
+        in sessions of their own, so a group kill misses them)."""
+        self.stop()
+        for proc in Path("/proc").iterdir():
+            try:
+                inside = proc.name.isdigit() and Path(os.readlink(proc / "cwd")).is_relative_to(self.copy)
+            except OSError:
+                continue
+            if inside:
+                os.kill(int(proc.name), signal.SIGKILL)
+
+    def graphql(self, query: str) -> dict:
+        """The `data` of a query to the Dagster webserver's GraphQL."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.dagster_port}/graphql",
+            data=json.dumps({"query": query}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)["data"]

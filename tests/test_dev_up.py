@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port_block, port_is_free
+from tests.services import REPO, DevUpProcess, fresh_copy
 
 README = (REPO / "README.md").read_text()
 MATERIALIZE = "dagster asset materialize -m orchestrator.definitions --select bootstrap_heartbeat_asset"
@@ -41,22 +36,6 @@ def readme_commands() -> list[str]:
 pytestmark = pytest.mark.slow
 
 
-def fresh_copy(dest: Path) -> Path:
-    """The files a clone would have (tracked plus new, unignored), without .venv or .local."""
-    listed = (
-        subprocess.run(
-            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for name in filter(None, listed):
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    return dest
-
-
 def listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -76,76 +55,9 @@ def in_dev_shell(copy: Path, command: str) -> subprocess.CompletedProcess:
     )
 
 
-def graphql(port: int, query: str) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)["data"]
-
-
-class DevUp:
-    def __init__(self, copy: Path, dagster_port: int, s3_port: int):
-        self.copy, self.dagster_port, self.s3_port = copy, dagster_port, s3_port
-        self.log = copy / "dev_up.out"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("METADATA_", "MINIO_", "DAGSTER_"))}
-        self.env = env | {
-            "DAGSTER_PORT": str(dagster_port),
-            "MINIO_ENDPOINT": f"http://127.0.0.1:{s3_port}",
-            "SENSOR_INTERVAL_SECONDS": "5",
-        }
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> float:
-        started = time.monotonic()
-        self.proc = subprocess.Popen(
-            ["./dev_up.sh"],
-            cwd=self.copy,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = started + 900
-        while "UI ready" not in self.log.read_text():
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "dev_up.sh did not bring the UI up in 15 minutes"
-            time.sleep(1)
-        return time.monotonic() - started
-
-    def interrupt(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        return self.proc.wait(timeout=60)
-
-    def kill_leftovers(self) -> None:
-        """After a failed test: Ctrl-C first (dev_up.sh stops what it started), then kill whatever still
-        runs in the copy (its children run in sessions of their own, so a group kill misses them)."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        for proc in Path("/proc").iterdir():
-            try:
-                inside = proc.name.isdigit() and Path(os.readlink(proc / "cwd")).is_relative_to(self.copy)
-            except OSError:
-                continue
-            if inside:
-                os.kill(int(proc.name), signal.SIGKILL)
-
-
 @pytest.fixture
 def dev_up(tmp_path):
-    copy = fresh_copy(tmp_path / "repo")
-    dagster_port = free_port_block(1)
-    s3_port = free_port_block(1)
-    while not all(port_is_free(p) for p in range(s3_port + 10000, s3_port + 10009)):
-        s3_port = free_port_block(1)
-    platform = DevUp(copy, dagster_port, s3_port)
+    platform = DevUpProcess(fresh_copy(tmp_path / "repo"))
     yield platform
     platform.kill_leftovers()
 
@@ -166,7 +78,7 @@ def test_readme_documents_the_commands_this_test_runs():
 
 
 def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
-    seconds = dev_up.start()
+    seconds = dev_up.start(timeout=900)
     print(f"fresh ./dev_up.sh to a live UI: {seconds:.0f} s")
 
     done = in_dev_shell(dev_up.copy, MATERIALIZE)
@@ -178,8 +90,7 @@ def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
     assert objects.returncode == 0 and "hello.txt" in objects.stdout, objects.stderr
 
     # The UI (the webserver's GraphQL) shows the metadata the worker reported.
-    data = graphql(
-        dev_up.dagster_port,
+    data = dev_up.graphql(
         """{ assetOrError(assetKey: {path: ["bootstrap_heartbeat_asset"]}) {
         ... on Asset { assetMaterializations(limit: 1) { metadataEntries { label } } } } }""",
     )
@@ -211,7 +122,7 @@ def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
 
     # Re-running is safe: the venv, the DB and the bucket are reused.
     beats_before = in_dev_shell(dev_up.copy, SHOW_ROWS).stdout.count("phase0_ok")
-    dev_up.start()
+    dev_up.start(timeout=900)
     again = in_dev_shell(dev_up.copy, MATERIALIZE)
     assert again.returncode == 0, again.stderr[-3000:]
     assert in_dev_shell(dev_up.copy, SHOW_ROWS).stdout.count("phase0_ok") == beats_before + 1
@@ -222,7 +133,7 @@ def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
     assert untested == [], "README commands this test does not run"
 
 
-def walk_through_by_hand(dev_up: DevUp) -> None:
+def walk_through_by_hand(dev_up: DevUpProcess) -> None:
     """The README's step-by-step commands; the launch for already-staged content registers nothing new."""
     for command in readme_commands():
         if command.startswith(("dagster", "python -m workers.")) and command not in RAN:
@@ -231,7 +142,7 @@ def walk_through_by_hand(dev_up: DevUp) -> None:
     assert "inbox/acme/unknown/drop-001/" in in_dev_shell(dev_up.copy, "python -m workers.tables inbox_object").stdout
     deadline = time.monotonic() + 180
     while True:
-        runs = graphql(dev_up.dagster_port, INTAKE_JOB_RUNS)["runsOrError"]["results"]
+        runs = dev_up.graphql(INTAKE_JOB_RUNS)["runsOrError"]["results"]
         if len(runs) == 2 and all(run["status"] == "SUCCESS" for run in runs):
             break
         assert time.monotonic() < deadline, runs
