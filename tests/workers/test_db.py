@@ -6,7 +6,7 @@ import time
 import psycopg2
 import pytest
 import sqlalchemy as sa
-from workers.db import connect_with_retry, make_engine
+from workers.db import connect_with_retry, is_transient, make_engine
 from workers.settings import DbConnectSettings
 
 NOWHERE = {"host": "127.0.0.1", "port": 1, "dbname": "metadata", "connect_timeout": 10}
@@ -52,3 +52,33 @@ def test_sqlite_is_not_retried(tmp_path, capfd):
         engine.connect()
 
     assert "connection attempt" not in capfd.readouterr().err
+
+
+def test_a_database_that_answers_and_refuses_is_not_retried(postgres_url, capfd):
+    # A real refusal from the real server: the database does not exist. Waiting will not create it,
+    # so the operator hears at once instead of after the whole backoff.
+    missing = postgres_url.rsplit("/", 1)[0] + "/no_such_database_here"
+    engine = make_engine(missing, DbConnectSettings(attempts=5, backoff_seconds=1))
+    started = time.monotonic()
+    with pytest.raises(sa.exc.OperationalError, match="does not exist") as excinfo:
+        engine.connect()
+    engine.dispose()
+
+    assert time.monotonic() - started < 1
+    assert excinfo.value.orig.__notes__ == ["not retried: the server answered and refused"]
+    assert "connection attempt" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("message", "transient"),
+    [
+        ('connection to server at "127.0.0.1", port 1 failed: Connection refused', True),
+        ("timeout expired", True),
+        ('FATAL:  password authentication failed for user "intake"', False),
+        ('FATAL:  database "metadata" does not exist', False),
+        ("FATAL:  the database system is starting up", True),
+        ("FATAL:  sorry, too many connections for role", True),
+    ],
+)
+def test_which_connection_failures_are_worth_a_retry(message, transient):
+    assert is_transient(psycopg2.OperationalError(message)) is transient

@@ -79,17 +79,37 @@ def _retry_connecting(engine: Engine, connecting: DbConnectSettings) -> None:
 
     @event.listens_for(engine, "do_connect")
     def connect(dialect, _record, cargs, cparams):
-        return connect_with_retry(lambda: dialect.connect(*cargs, **cparams), refused, connecting)
+        return connect_with_retry(lambda: dialect.connect(*cargs, **cparams), refused, connecting, is_transient)
+
+
+# A server that answers and refuses (wrong password, no such database or role) will refuse again:
+# those fail at once. These refusals pass with time, so they are retried like a silent server.
+TRANSIENT_REFUSALS = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "too many connections",
+    "remaining connection slots are reserved",
+)
+
+
+def is_transient(exc: Exception) -> bool:
+    """Retry a connection that failed before the server answered, or that it refused for now."""
+    message = str(exc).lower()
+    if "fatal:" not in message:
+        return True  # refused, timed out, unresolvable: nothing answered yet
+    return any(reason in message for reason in TRANSIENT_REFUSALS)
 
 
 def connect_with_retry(
     connect: Callable[[], T],
     refused: type[Exception],
     connecting: DbConnectSettings,
+    transient: Callable[[Exception], bool] = lambda _exc: True,
     deadline_seconds: float = CONNECT_DEADLINE_SECONDS,
 ) -> T:
-    """`connect()`, retried on `refused` with capped exponential backoff and jitter; the last
-    error propagates, noting how many attempts were made. One stderr line per retry names the
+    """`connect()`, retried on `refused` (when `transient` says so) with capped exponential backoff
+    and jitter; the last error propagates, noting how many attempts were made. One stderr line per retry names the
     attempt and the error class, never the URL or the server's message."""
     give_up_at = time.monotonic() + deadline_seconds
     attempt = 1
@@ -97,6 +117,9 @@ def connect_with_retry(
         try:
             return connect()
         except refused as exc:
+            if not transient(exc):
+                exc.add_note("not retried: the server answered and refused")
+                raise
             ceiling = min(MAX_WAIT_SECONDS, connecting.backoff_seconds * 2 ** min(attempt - 1, 30))
             wait = ceiling * random.uniform(0.5, 1)  # jitter: workers started together do not retry together
             if attempt >= connecting.attempts or time.monotonic() + wait > give_up_at:
