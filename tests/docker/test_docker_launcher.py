@@ -8,23 +8,18 @@ import shutil
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
 from orchestrator.defs.bootstrap.assets import bootstrap_heartbeat_asset
 from orchestrator.defs.resources import CONTAINER_LABEL, WorkerLauncher
 
 from tests.conftest import REPO
 from tests.docker.conftest import image_name
+from tests.orchestrator.test_bootstrap import failure_message, reported_heartbeat
 
 LAUNCHER = WorkerLauncher(mode="docker", docker_network="host")
 
 
 def materialize(asset=bootstrap_heartbeat_asset, launcher: WorkerLauncher = LAUNCHER) -> dg.ExecuteInProcessResult:
     return dg.materialize([asset], resources={"launcher": launcher}, raise_on_error=False)
-
-
-def failure_message(result: dg.ExecuteInProcessResult) -> str:
-    (failure,) = result.get_step_failure_events()
-    return failure.step_failure_data.error.message
 
 
 def worker_containers(engine) -> list:
@@ -35,16 +30,7 @@ def test_the_heartbeat_asset_reports_the_metadata_of_its_container(images, engin
     result = materialize()
 
     assert result.success, failure_message(result)
-    (materialization,) = result.asset_materializations_for_node("bootstrap_heartbeat_asset")
-    metadata = {key: value.value for key, value in materialization.metadata.items()}
-    db = sa.create_engine(platform_env.metadata_db_url)
-    with db.connect() as conn:
-        row = conn.execute(sa.text("SELECT id, message FROM bootstrap_heartbeat")).one()
-    db.dispose()
-    assert metadata["row_id"] == row.id and row.message == "phase0_ok"
-    assert metadata["object_key"] == "bootstrap/hello.txt"
-    assert metadata["db_dialect"] == platform_env.db_dialect
-    assert metadata["endpoint_host"] == platform_env.endpoint_host
+    metadata = reported_heartbeat(result, platform_env)
     assert len(metadata["sha256"]) == 64
 
 

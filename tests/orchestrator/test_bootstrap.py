@@ -28,10 +28,8 @@ def test_definitions_load_with_the_heartbeat_asset():
     assert dg.AssetKey("bootstrap_heartbeat_asset") in defs.resolve_asset_graph().get_all_asset_keys()
 
 
-def test_asset_reports_the_workers_metadata(platform_env):
-    result = materialize()
-
-    assert result.success
+def reported_heartbeat(result: dg.ExecuteInProcessResult, platform_env) -> dict:
+    """The heartbeat's materialization metadata, checked against the row it wrote (however it ran)."""
     (materialization,) = result.asset_materializations_for_node("bootstrap_heartbeat_asset")
     metadata = {key: value.value for key, value in materialization.metadata.items()}
     engine = sa.create_engine(platform_env.metadata_db_url)
@@ -42,6 +40,14 @@ def test_asset_reports_the_workers_metadata(platform_env):
     assert metadata["object_key"] == "bootstrap/hello.txt"
     assert metadata["db_dialect"] == platform_env.db_dialect
     assert metadata["endpoint_host"] == platform_env.endpoint_host
+    return metadata
+
+
+def test_asset_reports_the_workers_metadata(platform_env):
+    result = materialize()
+
+    assert result.success
+    metadata = reported_heartbeat(result, platform_env)
     head = dg_s3_head(platform_env, metadata["object_key"])
     assert metadata["size_bytes"] == head["ContentLength"]
     assert len(metadata["sha256"]) == 64

@@ -36,19 +36,24 @@ def role_variables() -> dict[str, str]:
     return env
 
 
+def roles_env(endpoint: str = "http://s3:9000", keys: tuple[str, str] = ROOT, **extra: str) -> dict[str, str]:
+    """Connection settings with `keys` as the process's own, and every role's keys."""
+    return {
+        "METADATA_DB_URL": "sqlite://",
+        "MINIO_ENDPOINT": endpoint,
+        "MINIO_ACCESS_KEY": keys[0],
+        "MINIO_SECRET_KEY": keys[1],
+        "MINIO_BUCKET": BUCKET,
+        **role_variables(),
+        **extra,
+    }
+
+
 @pytest.fixture(scope="module")
 def role_server(tmp_path_factory) -> S3Server:
     """An S3 server that knows only the root identity and one identity per role, as rendered."""
     root = tmp_path_factory.mktemp("roles")
-    env = {
-        "METADATA_DB_URL": "sqlite://",
-        "MINIO_ENDPOINT": "http://127.0.0.1:9",
-        "MINIO_ACCESS_KEY": ROOT[0],
-        "MINIO_SECRET_KEY": ROOT[1],
-        "MINIO_BUCKET": BUCKET,
-        **role_variables(),
-    }
-    roles.render(root / "rendered", env)
+    roles.render(root / "rendered", roles_env())
     proc, port = start_s3_server(
         root / "data", root / "s3.log", keys=ROOT, identities=root / "rendered/identities.json"
     )
@@ -69,29 +74,19 @@ def client_as(server: S3Server, role: str):
 def role_env(role_server, migrated_db_url, monkeypatch) -> dict[str, str]:
     """The Dagster processes' environment in Docker mode: the discovery role's keys as their own,
     every role's keys to hand to the workers, no root keys."""
-    env = {
-        "METADATA_DB_URL": migrated_db_url,
-        "MINIO_ENDPOINT": role_server.endpoint,
-        "MINIO_ACCESS_KEY": ROLE_KEYS["discovery"][0],
-        "MINIO_SECRET_KEY": ROLE_KEYS["discovery"][1],
-        "MINIO_BUCKET": BUCKET,
-        "WORKER_LAUNCH_MODE": "subprocess",
-        **role_variables(),
-    }
+    env = roles_env(
+        role_server.endpoint,
+        ROLE_KEYS["discovery"],
+        METADATA_DB_URL=migrated_db_url,
+        WORKER_LAUNCH_MODE="subprocess",
+    )
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
 
 
 def test_render_keeps_the_secrets_in_an_owner_only_file_and_none_in_the_script(tmp_path):
-    env = {
-        "METADATA_DB_URL": "sqlite://",
-        "MINIO_ENDPOINT": "http://s3:9000",
-        "MINIO_ACCESS_KEY": ROOT[0],
-        "MINIO_SECRET_KEY": ROOT[1],
-        "MINIO_BUCKET": BUCKET,
-        **role_variables(),
-    }
+    env = roles_env()
     identities, script = roles.render(tmp_path, env)
 
     assert stat.S_IMODE(identities.stat().st_mode) == 0o600
@@ -107,13 +102,7 @@ def test_render_keeps_the_secrets_in_an_owner_only_file_and_none_in_the_script(t
 
 
 def test_render_refuses_a_role_without_keys(tmp_path):
-    env = {
-        "METADATA_DB_URL": "sqlite://",
-        "MINIO_ENDPOINT": "http://s3:9000",
-        "MINIO_ACCESS_KEY": ROOT[0],
-        "MINIO_SECRET_KEY": ROOT[1],
-        **{k: v for k, v in role_variables().items() if "STAGER" not in k},
-    }
+    env = {k: v for k, v in roles_env().items() if "STAGER" not in k}
     result = subprocess.run(
         [sys.executable, "-m", "workers.roles", "render", str(tmp_path)], env=env, capture_output=True, text=True
     )
@@ -122,15 +111,7 @@ def test_render_refuses_a_role_without_keys(tmp_path):
 
 
 def test_the_check_finds_every_role_allowed_exactly_its_grants(role_server):
-    env = {
-        **os.environ,
-        "METADATA_DB_URL": "sqlite://",
-        "MINIO_ENDPOINT": role_server.endpoint,
-        "MINIO_ACCESS_KEY": ROLE_KEYS["discovery"][0],
-        "MINIO_SECRET_KEY": ROLE_KEYS["discovery"][1],
-        "MINIO_BUCKET": BUCKET,
-        **role_variables(),
-    }
+    env = {**os.environ, **roles_env(role_server.endpoint, ROLE_KEYS["discovery"])}
     result = subprocess.run(
         [sys.executable, "-m", "workers.roles", "check"], env=env, capture_output=True, text=True, timeout=120
     )
@@ -145,14 +126,11 @@ def test_the_check_finds_every_role_allowed_exactly_its_grants(role_server):
 
 def test_the_check_reports_a_server_that_grants_more_than_the_roles_say(s3_server, bucket):
     # The suite's ordinary server has one all-powerful key: every refusal the roles expect is missing.
+    every = (s3_server.access_key, s3_server.secret_key)
     env = {
         **os.environ,
-        "METADATA_DB_URL": "sqlite://",
-        "MINIO_ENDPOINT": s3_server.endpoint,
-        "MINIO_ACCESS_KEY": s3_server.access_key,
-        "MINIO_SECRET_KEY": s3_server.secret_key,
-        "MINIO_BUCKET": bucket,
-        **{name: s3_server.access_key if "ACCESS" in name else s3_server.secret_key for name in role_variables()},
+        **roles_env(s3_server.endpoint, every, MINIO_BUCKET=bucket),
+        **{name: every[0] if "ACCESS" in name else every[1] for name in role_variables()},
     }
     result = subprocess.run(
         [sys.executable, "-m", "workers.roles", "check"], env=env, capture_output=True, text=True, timeout=120

@@ -19,22 +19,30 @@ def test_endpoint_host_and_dialect_are_derived():
 
 
 @pytest.mark.parametrize(
-    ("name", "value"),
+    ("load", "name", "value"),
     [
-        ("METADATA_DB_URL", "not a url"),
-        ("METADATA_DB_URL", "mysql://u@h/db"),
-        ("METADATA_DB_URL", "   "),
-        ("MINIO_ENDPOINT", "127.0.0.1:9000"),
-        ("MINIO_ENDPOINT", "http://127.0.0.1:notaport"),
-        ("MINIO_ACCESS_KEY", ""),
-        ("MINIO_SECRET_KEY", ""),
-        ("MINIO_BUCKET", "Health_Raw"),
-        ("MINIO_BUCKET", "x"),
+        (load_settings, "METADATA_DB_URL", "not a url"),
+        (load_settings, "METADATA_DB_URL", "mysql://u@h/db"),
+        (load_settings, "METADATA_DB_URL", "   "),
+        (load_settings, "MINIO_ENDPOINT", "127.0.0.1:9000"),
+        (load_settings, "MINIO_ENDPOINT", "http://127.0.0.1:notaport"),
+        (load_settings, "MINIO_ACCESS_KEY", ""),
+        (load_settings, "MINIO_SECRET_KEY", ""),
+        (load_settings, "MINIO_BUCKET", "Health_Raw"),
+        (load_settings, "MINIO_BUCKET", "x"),
+        (load_db_connect_settings, "DB_CONNECT_ATTEMPTS", "0"),
+        (load_db_connect_settings, "DB_CONNECT_ATTEMPTS", "2.5"),
+        (load_db_connect_settings, "DB_CONNECT_ATTEMPTS", "many"),
+        (load_db_connect_settings, "DB_CONNECT_ATTEMPTS", "inf"),
+        (load_db_connect_settings, "DB_CONNECT_ATTEMPTS", ""),
+        (load_db_connect_settings, "DB_CONNECT_BACKOFF_SECONDS", "-1"),
+        (load_db_connect_settings, "DB_CONNECT_BACKOFF_SECONDS", "nan"),
+        (load_db_connect_settings, "DB_CONNECT_BACKOFF_SECONDS", "1s"),
     ],
 )
-def test_a_bad_setting_fails_with_one_line_naming_the_variable(name, value):
+def test_a_bad_setting_fails_with_one_line_naming_the_variable(load, name, value):
     with pytest.raises(SettingsError) as excinfo:
-        load_settings({name: value})
+        load({name: value})
     message = str(excinfo.value)
     assert message.startswith(name)
     assert "\n" not in message
@@ -63,24 +71,3 @@ def test_db_connect_defaults_are_five_attempts_from_half_a_second():
 def test_db_connect_settings_are_read():
     env = {"DB_CONNECT_ATTEMPTS": " 1 ", "DB_CONNECT_BACKOFF_SECONDS": "0"}
     assert load_db_connect_settings(env) == DbConnectSettings(attempts=1, backoff_seconds=0.0)
-
-
-@pytest.mark.parametrize(
-    ("name", "value"),
-    [
-        ("DB_CONNECT_ATTEMPTS", "0"),
-        ("DB_CONNECT_ATTEMPTS", "2.5"),
-        ("DB_CONNECT_ATTEMPTS", "many"),
-        ("DB_CONNECT_ATTEMPTS", "inf"),
-        ("DB_CONNECT_ATTEMPTS", ""),
-        ("DB_CONNECT_BACKOFF_SECONDS", "-1"),
-        ("DB_CONNECT_BACKOFF_SECONDS", "nan"),
-        ("DB_CONNECT_BACKOFF_SECONDS", "1s"),
-    ],
-)
-def test_a_bad_db_connect_setting_fails_with_one_line_naming_the_variable(name, value):
-    with pytest.raises(SettingsError) as excinfo:
-        load_db_connect_settings({name: value})
-    message = str(excinfo.value)
-    assert message.startswith(name)
-    assert "\n" not in message

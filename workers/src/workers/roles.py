@@ -23,12 +23,13 @@ import shlex
 import sys
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from botocore.exceptions import ClientError
 
 from workers.settings import Settings, SettingsError, load_intake_settings, load_settings
+from workers.store import NOT_FOUND, error_code, make_s3_client
 
 BOOTSTRAP_PREFIX = "bootstrap/"
 VERBS = ("List", "Read", "Write")
@@ -72,6 +73,14 @@ def role_credentials(role: str, env: Mapping[str, str]) -> tuple[str, str] | Non
     return access, secret
 
 
+def required_credentials(role: str, env: Mapping[str, str]) -> tuple[str, str]:
+    """The role's keys, where every role must have its own (the server's roles, the check)."""
+    keys = role_credentials(role, env)
+    if keys is None:
+        raise SettingsError(f"{key_variables(role)[0]} is not set: every role needs its own keys")
+    return keys
+
+
 @dataclass(frozen=True)
 class Areas:
     inbox: str
@@ -102,9 +111,7 @@ def seaweedfs_identities(env: Mapping[str, str], bucket: str, areas: Areas) -> d
         }
     ]
     for role in GRANTS:
-        keys = role_credentials(role, env)
-        if keys is None:
-            raise SettingsError(f"{key_variables(role)[0]} is not set: every role needs its own keys")
+        keys = required_credentials(role, env)
         identities.append(
             {
                 "name": role,
@@ -206,14 +213,14 @@ def probe(s3, bucket: str, verb: str, prefix: str) -> str:
                 s3.head_object(Bucket=bucket, Key=key)
             except ClientError as exc:
                 # A missing key answers 404 only to whoever may read there.
-                if str(exc.response.get("Error", {}).get("Code")) not in ("404", "NoSuchKey", "NotFound"):
+                if error_code(exc) not in NOT_FOUND:
                     raise
         else:
             # Deleting a key that does not exist: allowed only to a writer, and it changes nothing,
             # so the check never leaves an object in the inbox (the sensor) or the raw zone.
             s3.delete_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+        code = error_code(exc)
         return "refused" if code in ("AccessDenied", "403") else code
     return "allowed"
 
@@ -224,10 +231,7 @@ def check(env: Mapping[str, str], client_for) -> dict[str, list[Probe]]:
     areas = Areas.from_env(env)
     report = {}
     for role in GRANTS:
-        keys = role_credentials(role, env)
-        if keys is None:
-            raise SettingsError(f"{key_variables(role)[0]} is not set: every role needs its own keys")
-        s3 = client_for(settings, keys)
+        s3 = client_for(settings, required_credentials(role, env))
         report[role] = [
             Probe(verb, area, area in GRANTS[role].get(verb, ()), probe(s3, settings.bucket, verb, areas.prefix(area)))
             for verb in VERBS
@@ -237,10 +241,6 @@ def check(env: Mapping[str, str], client_for) -> dict[str, list[Probe]]:
 
 
 def _client_for(settings: Settings, keys: tuple[str, str]):
-    from dataclasses import replace
-
-    from workers.store import make_s3_client
-
     return make_s3_client(replace(settings, s3_access_key=keys[0], s3_secret_key=keys[1]))
 
 

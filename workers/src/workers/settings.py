@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -125,9 +125,14 @@ class IntakeSettings:
     classifier_impl: str
 
 
-def load_intake_settings(env: Mapping[str, str] | None = None) -> IntakeSettings:
+def _reader(env: Mapping[str, str] | None, defaults: Mapping[str, str]) -> Callable[[str], str]:
+    """name -> its value from `env` (the process environment by default), or its default; stripped."""
     env = os.environ if env is None else env
-    get = lambda name: env.get(name, INTAKE_DEFAULTS[name]).strip()  # noqa: E731
+    return lambda name: env.get(name, defaults[name]).strip()
+
+
+def load_intake_settings(env: Mapping[str, str] | None = None) -> IntakeSettings:
+    get = _reader(env, INTAKE_DEFAULTS)
     return IntakeSettings(
         inbox_prefix=_prefix(get("INBOX_PREFIX"), "INBOX_PREFIX"),
         group_by_depth=int(_number(get("GROUP_BY_DEPTH"), "GROUP_BY_DEPTH", minimum=1, integer=True)),
@@ -155,8 +160,7 @@ class DbConnectSettings:
 
 
 def load_db_connect_settings(env: Mapping[str, str] | None = None) -> DbConnectSettings:
-    env = os.environ if env is None else env
-    get = lambda name: env.get(name, DB_CONNECT_DEFAULTS[name]).strip()  # noqa: E731
+    get = _reader(env, DB_CONNECT_DEFAULTS)
     return DbConnectSettings(
         attempts=int(_number(get("DB_CONNECT_ATTEMPTS"), "DB_CONNECT_ATTEMPTS", minimum=1, integer=True)),
         backoff_seconds=_number(get("DB_CONNECT_BACKOFF_SECONDS"), "DB_CONNECT_BACKOFF_SECONDS", minimum=0),
