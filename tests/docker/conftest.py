@@ -21,6 +21,9 @@ from tests.conftest import REPO
 SOCKETS = ("unix:///run/podman/podman.sock", "unix:///var/run/docker.sock")
 WORKERS = ("heartbeat", "classifier", "registrar", "stager")
 IMAGE_PREFIX = "health-intake"
+# Two checkouts sharing one engine build their images under tags of their own (compose reads the
+# shell's WORKER_IMAGE_TAG before the env file's).
+IMAGE_TAG = os.environ.get("WORKER_IMAGE_TAG", "latest")
 ENGINE_SCRIPT = "scripts/container_engine.sh"
 
 
@@ -93,7 +96,7 @@ def images(engine, env_file) -> dict[str, float]:
 
 
 def image_name(worker: str) -> str:
-    return f"{IMAGE_PREFIX}-{worker}:latest"
+    return f"{IMAGE_PREFIX}-{worker}:{IMAGE_TAG}"
 
 
 @pytest.fixture
