@@ -16,7 +16,8 @@ import time
 import warnings
 
 import dagster as dg
-from orchestrator.defs.resources import WorkerLauncher, connection_env
+from orchestrator.defs.resources import WorkerLauncher, worker_env
+from workers.catalogue import worker
 
 from bench.services import REPO
 
@@ -64,7 +65,8 @@ def run(repeats: int, log) -> dict:
     python = sys.executable
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     with dg.DagsterInstance.ephemeral() as instance:
-        launcher = WorkerLauncher(mode="subprocess")
+        os.environ["WORKER_LAUNCH_MODE"] = "subprocess"
+        launcher = WorkerLauncher()
 
         def pipes() -> dict[str, float]:
             launched, whole = through_pipes(instance, launcher)
@@ -120,11 +122,12 @@ def docker(repeats: int, log) -> dict:
     if reason:
         log(f"launch: docker part skipped: {reason}")
         return {"skipped": reason}
-    env = [arg for name, value in connection_env("heartbeat").items() for arg in ("-e", f"{name}={value}")]
+    env = [arg for name, value in worker_env(worker("heartbeat")).items() for arg in ("-e", f"{name}={value}")]
     network = os.environ.get("WORKER_DOCKER_NETWORK", "host")
     run_command = ["docker", "run", "--rm", f"--network={network}", *env, IMAGE, "python", "-m", "workers.heartbeat"]
     with dg.DagsterInstance.ephemeral() as instance:
-        launcher = WorkerLauncher(mode="docker", docker_network=network)
+        os.environ.update(WORKER_LAUNCH_MODE="docker", WORKER_DOCKER_NETWORK=network)
+        launcher = WorkerLauncher()
 
         def pipes() -> dict[str, float]:
             launched, whole = through_pipes(instance, launcher)

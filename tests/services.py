@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -264,3 +265,48 @@ class DevUpProcess:
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)["data"]
+
+
+class Webserver:
+    """`dagster-webserver -w workspace.yaml` on a free port with an instance of its own (DAGSTER_HOME
+    under `home`), in a session of its own so stop() ends the runs it started as well."""
+
+    def __init__(self, home: Path, env: dict[str, str], *args: str):
+        self.port = free_port_block()
+        home.mkdir(parents=True, exist_ok=True)
+        self.log = home / "webserver.log"
+        command = ["dagster-webserver", "-h", "127.0.0.1", "-p", str(self.port), "-w", "workspace.yaml", *args]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(Path(sys.executable).parent / command[0]), *command[1:]],
+                cwd=REPO,
+                env={**env, "DAGSTER_HOME": str(home)},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait(self, timeout: float = 120) -> Webserver:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/server_info", timeout=5).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"dagster-webserver did not answer: {self.log.read_text()[-3000:]}") from None
+                time.sleep(1)
+
+    def graphql(self, query: str, variables: dict | None = None) -> dict:
+        """The `data` of a GraphQL request."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/graphql",
+            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.load(response)["data"]
+
+    def stop(self) -> None:
+        stop_process_group(self.proc)

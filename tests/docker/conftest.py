@@ -15,11 +15,12 @@ from pathlib import Path
 
 import docker
 import pytest
+from workers.catalogue import IMAGES
 
 from tests.conftest import REPO
 
 SOCKETS = ("unix:///run/podman/podman.sock", "unix:///var/run/docker.sock")
-WORKERS = ("heartbeat", "classifier", "registrar", "stager")
+WORKERS = IMAGES  # one image per entry of workers.catalogue.IMAGES
 IMAGE_PREFIX = "health-intake"
 # Two checkouts sharing one engine build their images under tags of their own (compose reads the
 # shell's WORKER_IMAGE_TAG before the env file's).
@@ -97,6 +98,15 @@ def images(engine, env_file) -> dict[str, float]:
 
 def image_name(worker: str) -> str:
     return f"{IMAGE_PREFIX}-{worker}:{IMAGE_TAG}"
+
+
+@pytest.fixture
+def docker_mode(engine, monkeypatch) -> None:
+    """The launcher in Docker mode, as the deployment's environment sets it; worker containers join
+    the host's network to reach the host's Postgres and S3 server on 127.0.0.1."""
+    monkeypatch.setenv("WORKER_LAUNCH_MODE", "docker")
+    monkeypatch.setenv("WORKER_DOCKER_NETWORK", "host")
+    monkeypatch.setenv("WORKER_IMAGE_TAG", IMAGE_TAG)
 
 
 @pytest.fixture

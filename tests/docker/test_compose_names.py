@@ -8,14 +8,15 @@ import shutil
 import subprocess
 
 import yaml
-from orchestrator.defs.resources import CONNECTION_VARIABLES, IMAGE_OF_WORKER, WorkerLauncher
+from workers.catalogue import CONNECTION, IMAGES, WORKERS
+from workers.settings import load_launch_settings
 
 from tests.conftest import REPO
-from tests.docker.conftest import WORKERS, compose_env_file, skip_without_engine
+from tests.docker.conftest import compose_env_file, skip_without_engine
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-DEFAULTS = WorkerLauncher(mode="docker")
+DEFAULTS = load_launch_settings({"WORKER_LAUNCH_MODE": "docker"})
 EXPECTED_SERVICES = {
     "dagster_webserver",
     "dagster_daemon",
@@ -28,7 +29,7 @@ EXPECTED_SERVICES = {
     "roles_apply",
     "roles_check",
     "seaweedfs",
-    *WORKERS,
+    *IMAGES,
 }
 
 
@@ -46,10 +47,20 @@ def test_compose_has_the_platforms_services():
     assert set(SERVICES) == EXPECTED_SERVICES
 
 
-def test_each_worker_service_builds_the_image_the_launcher_runs():
-    for worker in WORKERS:
-        assert SERVICES[worker]["build"]["target"] == worker
-        assert with_defaults(SERVICES[worker]["image"]) == DEFAULTS.image_for(worker)
+def test_each_image_service_builds_the_stage_of_its_name_and_the_image_the_launcher_runs():
+    for image in IMAGES:
+        assert SERVICES[image]["build"]["target"] == image
+        assert with_defaults(SERVICES[image]["image"]) == DEFAULTS.image_for(image)
+
+
+def test_the_worker_dockerfile_has_a_stage_per_image_in_the_catalogue():
+    stages = re.findall(r"^FROM \S+ AS (\w+)$", (REPO / "images/worker.Dockerfile").read_text(), re.MULTILINE)
+    assert set(stages) - {"build", "runtime"} == set(IMAGES)
+
+
+def test_make_images_builds_every_image_in_the_catalogue():
+    (line,) = [line for line in (REPO / "Makefile").read_text().splitlines() if " build " in line]
+    assert set(line.split(" build ")[1].split()) == {*IMAGES, "dagster_webserver"}
 
 
 def test_every_worker_the_orchestrator_launches_has_an_image():
@@ -58,9 +69,7 @@ def test_every_worker_the_orchestrator_launches_has_an_image():
         for path in (REPO / "orchestrator/src").rglob("*.py")
         for name in re.findall(r'worker="(\w+)"', path.read_text())
     }
-    assert launched >= set(WORKERS)
-    for worker in launched | set(IMAGE_OF_WORKER):
-        assert DEFAULTS.image_for(worker).split(":")[0].removeprefix("health-intake-") in WORKERS, worker
+    assert launched == set(WORKERS)
 
 
 def test_dagster_services_launch_workers_into_the_compose_network():
@@ -74,7 +83,7 @@ def test_dagster_services_launch_workers_into_the_compose_network():
 
 def test_containers_that_run_workers_get_every_connection_variable():
     for service in ("dagster_webserver", "dagster_daemon", "minio_init", "migrations"):
-        assert set(CONNECTION_VARIABLES) <= set(SERVICES[service]["environment"])
+        assert set(CONNECTION) <= set(SERVICES[service]["environment"])
 
 
 def test_the_dagster_instance_reads_only_variables_compose_sets():

@@ -1,6 +1,6 @@
 """The launcher in docker mode: bootstrap_heartbeat_asset through a real PipesDockerClient.
 
-Worker containers join the host's network (docker_network="host") to reach the host's Postgres
+Worker containers join the host's network (WORKER_DOCKER_NETWORK=host) to reach the host's Postgres
 and S3 server on 127.0.0.1, as the compose stack's containers reach theirs by service name.
 """
 
@@ -12,14 +12,14 @@ from orchestrator.defs.bootstrap.assets import bootstrap_heartbeat_asset
 from orchestrator.defs.resources import CONTAINER_LABEL, WorkerLauncher
 
 from tests.conftest import REPO
-from tests.docker.conftest import image_name
-from tests.orchestrator.test_bootstrap import failure_message, reported_heartbeat
+from tests.docker.conftest import IMAGE_TAG, image_name
+from tests.orchestrator.test_bootstrap import add_fake_workers, failure_message, reported_heartbeat
 
-LAUNCHER = WorkerLauncher(mode="docker", docker_network="host")
+pytestmark = pytest.mark.usefixtures("docker_mode")
 
 
-def materialize(asset=bootstrap_heartbeat_asset, launcher: WorkerLauncher = LAUNCHER) -> dg.ExecuteInProcessResult:
-    return dg.materialize([asset], resources={"launcher": launcher}, raise_on_error=False)
+def materialize(asset=bootstrap_heartbeat_asset) -> dg.ExecuteInProcessResult:
+    return dg.materialize([asset], resources={"launcher": WorkerLauncher()}, raise_on_error=False)
 
 
 def worker_containers(engine) -> list:
@@ -60,8 +60,7 @@ def fake_worker_image(images, engine, tmp_path_factory) -> str:
     context = tmp_path_factory.mktemp("fake-image")
     shutil.copytree(REPO / "tests/fake_workers", context / "fake_workers")
     (context / "Dockerfile").write_text(f"FROM {image_name('heartbeat')}\nCOPY fake_workers /app/fake_workers\n")
-    for worker in ("crashes", "silent"):
-        engine.images.build(path=str(context), tag=f"health-intake-test-{worker}:latest", pull=False, rm=True)
+    engine.images.build(path=str(context), tag=f"health-intake-test-fakes:{IMAGE_TAG}", pull=False, rm=True)
     return "health-intake-test"
 
 
@@ -73,12 +72,15 @@ def asset_running(worker: str) -> dg.AssetsDefinition:
     return _asset
 
 
-def fake_launcher(prefix: str) -> WorkerLauncher:
-    return WorkerLauncher(mode="docker", docker_network="host", worker_package="fake_workers", image_prefix=prefix)
+@pytest.fixture
+def fake_workers(fake_worker_image, monkeypatch) -> None:
+    monkeypatch.setenv("WORKER_PACKAGE", "fake_workers")
+    monkeypatch.setenv("WORKER_IMAGE_PREFIX", fake_worker_image)
+    add_fake_workers(monkeypatch, image="fakes")
 
 
-def test_a_container_that_dies_fails_the_step_with_its_exit_code_and_output(fake_worker_image, engine, platform_env):
-    result = materialize(asset_running("crashes"), fake_launcher(fake_worker_image))
+def test_a_container_that_dies_fails_the_step_with_its_exit_code_and_output(fake_workers, engine, platform_env):
+    result = materialize(asset_running("crashes"))
     assert not result.success
     message = failure_message(result)
     assert "crashes worker failed: container exited with code 3" in message
@@ -86,13 +88,14 @@ def test_a_container_that_dies_fails_the_step_with_its_exit_code_and_output(fake
     assert not [c for c in worker_containers(engine) if c.labels.get(CONTAINER_LABEL) == "crashes"]
 
 
-def test_a_container_that_exits_without_reporting_fails_the_step(fake_worker_image, engine, platform_env):
-    result = materialize(asset_running("silent"), fake_launcher(fake_worker_image))
+def test_a_container_that_exits_without_reporting_fails_the_step(fake_workers, engine, platform_env):
+    result = materialize(asset_running("silent"))
     assert not result.success
     assert "silent worker exited without reporting a result (container exited with code 0" in failure_message(result)
 
 
-def test_a_missing_image_fails_the_step_naming_it(images, engine, platform_env):
-    result = materialize(launcher=WorkerLauncher(mode="docker", image_prefix="health-intake-absent"))
+def test_a_missing_image_fails_the_step_naming_it(images, engine, platform_env, monkeypatch):
+    monkeypatch.setenv("WORKER_IMAGE_PREFIX", "health-intake-absent")
+    result = materialize()
     assert not result.success
     assert "heartbeat worker could not start" in failure_message(result)

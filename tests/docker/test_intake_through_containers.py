@@ -1,10 +1,11 @@
 """Phase 1 through worker containers: the layout sync (in the classifier image), then the intake job
 (classifier, registrar, stager images) registering and staging a drop, all via PipesDockerClient.
 
-Containers join the host's network to reach the host's Postgres and S3 server on 127.0.0.1.
+Containers join the host's network (the docker_mode fixture) to reach the host's Postgres and S3 server on 127.0.0.1.
 """
 
 import dagster as dg
+import pytest
 import sqlalchemy as sa
 import yaml
 from orchestrator.defs.intake.assets import sync_layout_registry
@@ -13,13 +14,13 @@ from orchestrator.defs.resources import CONTAINER_LABEL, WorkerLauncher
 
 from tests.conftest import REPO, drop_files
 
-LAUNCHER = WorkerLauncher(mode="docker", docker_network="host")
+pytestmark = pytest.mark.usefixtures("docker_mode")
 SEED_RUN_CONFIG = yaml.safe_load((REPO / "examples/register_drop_001.yaml").read_text())
 GROUP = "inbox/acme/unknown/drop-001/"
 
 
 def test_the_layout_sync_runs_in_the_classifier_image(images, engine, platform_env):
-    result = dg.materialize([sync_layout_registry], resources={"launcher": LAUNCHER})
+    result = dg.materialize([sync_layout_registry], resources={"launcher": WorkerLauncher()})
     (materialization,) = result.asset_materializations_for_node("sync_layout_registry")
     assert materialization.metadata["added"].value >= 5
 
@@ -28,7 +29,7 @@ def test_a_drop_is_registered_and_staged_by_worker_containers(images, engine, sy
     drop_files(s3_server.client(), synced_layouts.bucket, GROUP, {"medical_claims.csv": b"member,amount\n1,2\n"})
 
     result = register_submission_from_group_job.execute_in_process(
-        run_config=SEED_RUN_CONFIG, resources={"launcher": LAUNCHER}, raise_on_error=False
+        run_config=SEED_RUN_CONFIG, resources={"launcher": WorkerLauncher()}, raise_on_error=False
     )
 
     assert result.success, [e.message for e in result.all_events if e.is_failure]

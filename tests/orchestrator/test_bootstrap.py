@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from orchestrator.definitions import defs
 from orchestrator.defs.bootstrap.assets import bootstrap_heartbeat_asset
 from orchestrator.defs.resources import WorkerLauncher
+from workers.catalogue import WORKERS, Worker
 
 from tests.conftest import REPO
 
@@ -79,8 +80,17 @@ def test_asset_fails_with_the_workers_message_when_the_object_store_is_unreachab
 
 @pytest.fixture
 def fake_workers_on_path(monkeypatch):
+    """tests/fake_workers as the worker package, its workers in the catalogue (a Python-level seam,
+    as a deployment's own workers would be: nothing a run config can reach)."""
     monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))
-    return WorkerLauncher(worker_package="fake_workers")
+    monkeypatch.setenv("WORKER_PACKAGE", "fake_workers")
+    add_fake_workers(monkeypatch)
+    return WorkerLauncher()
+
+
+def add_fake_workers(monkeypatch, image: str = "heartbeat") -> None:
+    for name in ("silent", "crashes"):
+        monkeypatch.setitem(WORKERS, name, Worker(name, image=image, s3_role="heartbeat"))
 
 
 def test_asset_fails_when_the_worker_exits_without_reporting(platform_env, fake_workers_on_path):
@@ -98,8 +108,9 @@ def test_asset_fails_with_the_exit_code_when_the_worker_dies_before_pipes(platfo
     assert "crashes worker failed: External execution process failed with code 3" in failure_message(result)
 
 
-def test_an_unknown_launch_mode_is_refused(platform_env):
-    result = materialize(WorkerLauncher(mode="kubernetes"))
+def test_an_unknown_launch_mode_is_refused(platform_env, monkeypatch):
+    monkeypatch.setenv("WORKER_LAUNCH_MODE", "kubernetes")
+    result = materialize()
     assert not result.success
     assert "WORKER_LAUNCH_MODE must be one of" in failure_message(result)
 

@@ -9,5 +9,5 @@ from orchestrator.defs.intake import definitions as intake
 defs = dg.Definitions.merge(
     bootstrap.defs,
     intake.defs,
-    dg.Definitions(resources={"launcher": resources.launcher_from_env()}),
+    dg.Definitions(resources={"launcher": resources.WorkerLauncher()}),
 )

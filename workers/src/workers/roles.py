@@ -28,6 +28,7 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
+from workers.catalogue import WORKERS
 from workers.settings import Settings, SettingsError, load_intake_settings, load_settings
 from workers.store import NOT_FOUND, error_code, make_s3_client
 
@@ -43,17 +44,14 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "heartbeat": {"Write": ("bootstrap",)},
     "auditor": {"List": ("raw",), "Read": ("raw",)},
 }
-# Workers not named run under the role of the same name. The classifier and the layout sync
-# only look at the inbox (the layout sync needs no object at all, but every worker's settings
-# name an object store).
-ROLE_OF_WORKER = {"classifier": "discovery", "layouts": "discovery", "audit": "auditor"}
 # The Dagster processes themselves (the inbox sensor) run under this role.
 ORCHESTRATOR_ROLE = "discovery"
 
 
 def role_of(worker: str) -> str | None:
-    role = ROLE_OF_WORKER.get(worker, worker)
-    return role if role in GRANTS else None
+    """The object-store role a worker runs under (workers.catalogue); None for a worker not listed."""
+    entry = WORKERS.get(worker)
+    return entry.s3_role if entry else None
 
 
 def key_variables(role: str) -> tuple[str, str]:

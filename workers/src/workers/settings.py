@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
@@ -194,3 +196,64 @@ def _flag(value: str, name: str) -> bool:
     if lowered not in ("true", "false", "1", "0", "yes", "no"):
         raise SettingsError(f"{name} must be true or false")
     return lowered in ("true", "1", "yes")
+
+
+LaunchMode = Literal["subprocess", "docker"]
+LAUNCH_MODES: tuple[LaunchMode, ...] = get_args(LaunchMode)
+LAUNCH_DEFAULTS = {
+    "WORKER_LAUNCH_MODE": "subprocess",
+    "WORKER_PACKAGE": "workers",
+    "WORKER_IMAGE_PREFIX": "health-intake",
+    "WORKER_IMAGE_TAG": "latest",
+    "WORKER_DOCKER_NETWORK": "",
+    "WORKER_CPUS": "1",
+    "WORKER_MEMORY_MB": "1024",
+}
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """How the orchestrator starts workers. Read from the deployment's environment only: never from
+    run config, which anyone who can open the UI could set."""
+
+    mode: LaunchMode
+    worker_package: str
+    image_prefix: str
+    image_tag: str
+    docker_network: str
+    cpus: float
+    memory_mb: int
+
+    def image_for(self, image: str) -> str:
+        return f"{self.image_prefix}-{image}:{self.image_tag}"
+
+
+def load_launch_settings(env: Mapping[str, str] | None = None) -> LaunchSettings:
+    get = _reader(env, LAUNCH_DEFAULTS)
+    return LaunchSettings(
+        mode=_launch_mode(get("WORKER_LAUNCH_MODE")),
+        worker_package=_module_name(get("WORKER_PACKAGE"), "WORKER_PACKAGE"),
+        image_prefix=_image_part(get("WORKER_IMAGE_PREFIX"), "WORKER_IMAGE_PREFIX"),
+        image_tag=_image_part(get("WORKER_IMAGE_TAG"), "WORKER_IMAGE_TAG"),
+        docker_network=get("WORKER_DOCKER_NETWORK"),
+        cpus=_number(get("WORKER_CPUS"), "WORKER_CPUS", minimum=0.01),
+        memory_mb=int(_number(get("WORKER_MEMORY_MB"), "WORKER_MEMORY_MB", minimum=64, integer=True)),
+    )
+
+
+def _launch_mode(value: str) -> LaunchMode:
+    if value not in LAUNCH_MODES:
+        raise SettingsError(f"WORKER_LAUNCH_MODE must be one of {LAUNCH_MODES}, not {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _module_name(value: str, name: str) -> str:
+    if not value or not all(part.isidentifier() for part in value.split(".")):
+        raise SettingsError(f"{name} must be a Python package name such as workers")
+    return value
+
+
+def _image_part(value: str, name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:-]*", value):
+        raise SettingsError(f"{name} must be part of an image reference, such as health-intake or latest")
+    return value
