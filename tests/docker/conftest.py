@@ -101,9 +101,10 @@ def image_name(worker: str) -> str:
 
 
 @pytest.fixture
-def docker_mode(engine, monkeypatch) -> None:
+def docker_mode(engine, platform_env, monkeypatch) -> None:
     """The launcher in Docker mode, as the deployment's environment sets it; worker containers join
-    the host's network to reach the host's Postgres and S3 server on 127.0.0.1."""
+    the host's network to reach the host's Postgres and S3 server on 127.0.0.1. After platform_env,
+    which sets subprocess mode."""
     monkeypatch.setenv("WORKER_LAUNCH_MODE", "docker")
     monkeypatch.setenv("WORKER_DOCKER_NETWORK", "host")
     monkeypatch.setenv("WORKER_IMAGE_TAG", IMAGE_TAG)

@@ -99,3 +99,23 @@ def test_a_missing_image_fails_the_step_naming_it(images, engine, platform_env, 
     result = materialize()
     assert not result.success
     assert "heartbeat worker could not start" in failure_message(result)
+
+
+def test_a_hand_off_of_ten_thousand_files_reaches_the_container_and_comes_back_whole(fake_workers, platform_env):
+    """The Pipes context goes into the container as a file, not one environment variable (too long
+    for one), and a report longer than a log chunk is read whole."""
+    files = [{"key": f"inbox/acme/unknown/drop-9/part-{i:05d}-of-a-partner-file.csv", "size": i} for i in range(10_000)]
+
+    @dg.op
+    def hand_off(context: dg.OpExecutionContext, launcher: WorkerLauncher) -> int:
+        report = launcher.run(context=context, worker="echoes", extras={"files": files})
+        assert report["files"] == files
+        return report["count"]
+
+    result = (
+        dg.GraphDefinition(name="hand_off", node_defs=[hand_off])
+        .to_job()
+        .execute_in_process(resources={"launcher": WorkerLauncher()}, raise_on_error=False)
+    )
+    assert result.success, [event.message for event in result.all_events if event.is_failure]
+    assert result.output_for_node("hand_off") == 10_000

@@ -12,11 +12,9 @@ dagster 1.13.27 / dagster-docker 0.29.27: on an upgrade, re-read the parts named
   the context as a file into the created container instead, before it starts.
 - `ContainerClient` also replaces the container's `wait` (Podman's wait endpoint now and then
   never answers for a container that already exited; seen about once in fifteen short-lived
-  containers), removes the container (PipesDockerClient stops it, never removes it) and keeps the
-  worker's last lines for the failure message.
-- `TailKeepingLogsReader` subclasses PipesDockerLogsMessageReader and calls
-  `dagster._core.pipes.utils.extract_message_or_forward_to_stdout` (private) to split Pipes
-  messages from the worker's own lines.
+  containers) and removes the container (PipesDockerClient stops it, never removes it).
+- `ContainerMessageFile`: the worker's Pipes messages go to a file in its container, read after it
+  exits, instead of dagster-docker's log-stream reader, which lost a report of thousands of files.
 - `worker_error` reads the run's engine events for the error the worker sent as it closed:
   Pipes logs it there, not in the exception it raises.
 """
@@ -26,23 +24,22 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import sys
 import tarfile
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
 import docker.errors
-from dagster._core.pipes.utils import extract_message_or_forward_to_stdout
 from dagster_docker import PipesDockerClient
-from dagster_docker.pipes import PipesDockerLogsMessageReader
 
 Context = dg.AssetExecutionContext | dg.OpExecutionContext
 OUTPUT_TAIL_LINES = 20
 # Inside the worker container; /tmp is writable by the image's non-root user.
 CONTEXT_PATH = "/tmp/dagster-pipes-context.json"
+MESSAGES_PATH = "/tmp/dagster-pipes-messages.jsonl"
 # The worker images run as uid 10001 (images/worker.Dockerfile); the file is its alone.
 WORKER_UID = 10001
 
@@ -86,19 +83,36 @@ class ContextFileInjector(dg.PipesContextInjector):
         return f"Pipes context written into the container at {CONTEXT_PATH}."
 
 
-class TailKeepingLogsReader(PipesDockerLogsMessageReader):
-    """Reads Pipes messages from the container's log stream, as its parent does, and keeps the
-    worker's own last lines for the failure message."""
+class ContainerMessageFile(dg.PipesMessageReader):
+    """The worker writes its Pipes messages to a file in its container, read once it has exited.
 
-    def __init__(self):
-        super().__init__()
-        self.tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
+    Not the log stream (dagster-docker's default): there, a report listing thousands of files was
+    cut short (seen on Podman: a 3 MB message line ended mid-record, and the closing message never
+    arrived), and the report was lost although the worker had succeeded.
+    """
 
-    def consume_docker_logs(self, container) -> None:
-        for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=True):
-            text = chunk.decode("utf-8", errors="replace") if isinstance(chunk, bytes) else str(chunk)
-            extract_message_or_forward_to_stdout(self._handler, text)
-            self.tail.extend(worker_lines(text))
+    handler = None
+
+    @contextmanager
+    def read_messages(self, handler) -> Iterator[dict[str, Any]]:
+        self.handler = handler
+        yield {"path": MESSAGES_PATH}
+
+    def deliver(self, container) -> None:
+        """Hand every message the worker wrote to Dagster; none when it never opened Pipes."""
+        try:
+            lines = read_file(container, MESSAGES_PATH).splitlines()
+        except docker.errors.NotFound:
+            return
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a worker killed mid-write carries nothing to report
+            self.handler.handle_message(message)
+
+    def no_messages_debug_text(self) -> str:
+        return f"Pipes messages read from {MESSAGES_PATH} in the container after it exited."
 
 
 class ContainerClient(PipesDockerClient):
@@ -108,23 +122,30 @@ class ContainerClient(PipesDockerClient):
 
     def __init__(self):
         self.context_file = ContextFileInjector()
-        super().__init__(context_injector=self.context_file, message_reader=TailKeepingLogsReader())
+        self.messages = ContainerMessageFile()
+        super().__init__(context_injector=self.context_file, message_reader=self.messages)
 
     def _create_container(self, **kwargs):
         self.container = super()._create_container(**kwargs)
-        container = self.container
-        container.put_archive("/tmp", context_archive(self.context_file.payload))
-        container.wait = lambda **_: {"StatusCode": wait_for_exit(container)}
-        return container
+        self.container.put_archive("/tmp", context_archive(self.context_file.payload))
+        self.container.wait = self._wait
+        return self.container
+
+    def _wait(self, **_) -> dict[str, int]:
+        """Until the container has exited; then its messages go to Dagster, its output to the step's log."""
+        code = wait_for_exit(self.container)
+        self.messages.deliver(self.container)
+        sys.stdout.write(self.output())
+        return {"StatusCode": code}
 
     def exit_code(self) -> int | str:
         return wait_for_exit(self.container) if self.container else "?"
 
+    def output(self) -> str:
+        return self.container.logs(stdout=True, stderr=True).decode(errors="replace") if self.container else ""
+
     def output_tail(self) -> str:
-        lines = list(self.message_reader.tail)
-        if not lines and self.container is not None:
-            # A container that died at once can end before the log stream attached.
-            lines = worker_lines(self.container.logs(stdout=True, stderr=True).decode(errors="replace"))
+        lines = worker_lines(self.output())
         return " | ".join(lines[-OUTPUT_TAIL_LINES:]) or "(no output)"
 
     def remove_container(self, timeout: float = 15) -> None:
@@ -146,10 +167,26 @@ class ContainerClient(PipesDockerClient):
             time.sleep(0.5)
 
 
+def read_file(container, path: str, attempts: int = 4) -> bytes:
+    """One file out of a container. Podman's archive endpoint now and then answers a multi-megabyte
+    file with a truncated tar (seen here about once in five at 4 MB); asking again gets it whole."""
+    for attempt in range(1, attempts):
+        try:
+            return unpack_file(container.get_archive(path)[0])
+        except tarfile.TarError:
+            time.sleep(0.2 * attempt)
+    return unpack_file(container.get_archive(path)[0])
+
+
+def unpack_file(stream) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        return tar.extractfile(tar.next()).read()
+
+
 def context_archive(payload: bytes) -> bytes:
     """A tar holding the Pipes context file, readable by the worker's user only."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         info = tarfile.TarInfo(CONTEXT_PATH.removeprefix("/tmp/"))
         info.size, info.mode, info.uid, info.gid = len(payload), 0o400, WORKER_UID, WORKER_UID
         tar.addfile(info, io.BytesIO(payload))
@@ -157,8 +194,7 @@ def context_archive(payload: bytes) -> bytes:
 
 
 def worker_lines(text: str) -> list[str]:
-    # Pipes' own protocol lines share the stream; the operator needs the worker's lines.
-    return [line for line in text.splitlines() if line.strip() and "__dagster_pipes_version" not in line]
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def wait_for_exit(container, poll: float = 0.2) -> int:

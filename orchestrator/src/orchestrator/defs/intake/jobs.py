@@ -39,7 +39,10 @@ def register_submission_from_group(context: dg.OpExecutionContext, config: Group
         context.log.warning(f"nothing registered for {config.grouping_key}: {registered.get('reason')}")
         return
     yield dg.Output(
-        registered["submission_id"], metadata=as_metadata({**registered, "classification": classified["counts"]})
+        registered["submission_id"],
+        metadata=as_metadata(
+            {**registered, "classification": classified["counts"], "classifier": classified["classifier"]}
+        ),
     )
 
 

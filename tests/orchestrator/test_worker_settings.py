@@ -1,0 +1,41 @@
+"""Each worker gets exactly the settings workers.catalogue declares for it, and every intake setting
+changed in the launching process's environment changes what the workers do (subprocess mode here;
+tests/docker/test_worker_settings_in_containers.py runs the same scenario in containers)."""
+
+from orchestrator.defs.resources import worker_env
+from workers.catalogue import CONNECTION, WORKERS, worker
+
+from tests.intake_scenarios import GROUP, NON_DEFAULT_INTAKE, run_with_non_default_settings
+
+LAUNCHER_ONLY = {
+    "WORKER_LAUNCH_MODE": "docker",
+    "DAGSTER_HOME": "/x",
+    "AWS_PROFILE": "x",
+    "SENSOR_INTERVAL_SECONDS": "5",
+}
+
+
+def test_a_worker_gets_its_declared_settings_and_nothing_else():
+    env = {name: "v" for name in CONNECTION} | NON_DEFAULT_INTAKE | LAUNCHER_ONLY
+    assert set(worker_env(worker("stager"), env)) == set(CONNECTION) | {"RAW_PREFIX", "STAGER_DELETE_INBOX"}
+    for entry in WORKERS.values():
+        assert not set(worker_env(entry, env)) & set(LAUNCHER_ONLY), entry.name
+
+
+def test_a_worker_gets_its_roles_keys_instead_of_the_launchers():
+    env = {"MINIO_ACCESS_KEY": "launcher", "MINIO_SECRET_KEY": "launcher-secret"}
+    env |= {"MINIO_STAGER_ACCESS_KEY": "stager", "MINIO_STAGER_SECRET_KEY": "stager-secret"}
+    assert worker_env(worker("stager"), env)["MINIO_ACCESS_KEY"] == "stager"
+    assert worker_env(worker("registrar"), env)["MINIO_ACCESS_KEY"] == "launcher"
+
+
+def test_every_intake_setting_reaches_the_worker_processes(synced_layouts, s3_server, monkeypatch):
+    outcome = run_with_non_default_settings(monkeypatch, synced_layouts, s3_server.client())
+
+    assert outcome.succeeded, outcome.failures
+    assert outcome.classifier_reported == NON_DEFAULT_INTAKE["CLASSIFIER_IMPL"]
+    # GROUP_BY_DEPTH=4 and INBOX_PREFIX made the group; MARKER_FILE kept READY.flag out of the data.
+    assert outcome.registered_files == [GROUP + "medical_claims.csv"]
+    # RAW_PREFIX: staged under vault/; STAGER_DELETE_INBOX=false: the inbox copies stay.
+    assert [key.rsplit("/", 1)[1] for key in outcome.raw_keys] == ["_manifest.generated.json", "medical_claims.csv"]
+    assert outcome.inbox_keys == [GROUP + "READY.flag", GROUP + "medical_claims.csv"]
