@@ -119,3 +119,28 @@ def test_a_hand_off_of_ten_thousand_files_reaches_the_container_and_comes_back_w
     )
     assert result.success, [event.message for event in result.all_events if event.is_failure]
     assert result.output_for_node("hand_off") == 10_000
+
+
+def run_op_with(worker: str, extras: dict | None = None) -> dg.ExecuteInProcessResult:
+    @dg.op(name=f"run_{worker}")
+    def run_worker(context: dg.OpExecutionContext, launcher: WorkerLauncher) -> dict:
+        return launcher.run(context=context, worker=worker, extras=extras)
+
+    job = dg.GraphDefinition(name=f"{worker}_job", node_defs=[run_worker]).to_job()
+    return job.execute_in_process(resources={"launcher": WorkerLauncher()}, raise_on_error=False)
+
+
+def test_worker_containers_run_under_the_configured_memory_and_cpu_limits(fake_workers, platform_env, monkeypatch):
+    monkeypatch.setenv("WORKER_MEMORY_MB", "300")
+    monkeypatch.setenv("WORKER_CPUS", "0.5")
+
+    result = run_op_with("limits")
+
+    assert result.success, [event.message for event in result.all_events if event.is_failure]
+    report = result.output_for_node("run_limits")
+    assert report["memory"] == str(300 * 1024 * 1024)
+    if report["cpu_period"]:  # cgroup v1: quota and period in two files
+        assert int(report["cpu"]) / int(report["cpu_period"]) == 0.5
+    else:  # cgroup v2: "quota period"
+        quota, period = report["cpu"].split()
+        assert int(quota) / int(period) == 0.5

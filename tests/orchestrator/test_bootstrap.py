@@ -89,7 +89,7 @@ def fake_workers_on_path(monkeypatch):
 
 
 def add_fake_workers(monkeypatch, image: str = "heartbeat") -> None:
-    for name in ("silent", "crashes", "echoes"):
+    for name in ("silent", "crashes", "echoes", "limits"):
         monkeypatch.setitem(WORKERS, name, Worker(name, image=image, s3_role="heartbeat"))
 
 
