@@ -18,7 +18,10 @@ SERVICES = COMPOSE["services"]
 DEFAULTS = WorkerLauncher(mode="docker")
 EXPECTED_SERVICES = {
     "dagster_webserver",
+    "dagster_viewer",
     "dagster_daemon",
+    "ui_auth_render",
+    "ui_proxy",
     "dagster_postgres",
     "metadata_postgres",
     "minio",
@@ -69,7 +72,22 @@ def test_dagster_services_launch_workers_into_the_compose_network():
         env = SERVICES[service]["environment"]
         assert env["WORKER_LAUNCH_MODE"] == "docker"
         assert env["WORKER_DOCKER_NETWORK"] == network
-        assert any(volume.endswith(":/var/run/docker.sock") for volume in SERVICES[service]["volumes"])
+
+
+def test_only_the_daemon_mounts_the_engine_socket_and_only_it_runs_as_root():
+    def mounts_socket(service: dict) -> bool:
+        return any(str(volume).endswith(":/var/run/docker.sock") for volume in service.get("volumes", []))
+
+    assert [name for name, service in SERVICES.items() if mounts_socket(service)] == ["dagster_daemon"]
+    for name in ("dagster_webserver", "dagster_viewer"):
+        assert "user" not in SERVICES[name], name
+
+
+def test_no_webserver_publishes_a_port_only_the_proxy_does_on_localhost():
+    publishing_ui = {name for name, service in SERVICES.items() if "DAGSTER_" in str(service.get("ports", ""))}
+    assert publishing_ui == {"ui_proxy"}
+    assert all(port.startswith("127.0.0.1:") for port in SERVICES["ui_proxy"]["ports"])
+    assert "--read-only" in SERVICES["dagster_viewer"]["command"]
 
 
 def test_containers_that_run_workers_get_every_connection_variable():
