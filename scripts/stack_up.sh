@@ -18,6 +18,25 @@ state_of() {
   [ -n "$id" ] && docker inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$id" 2>/dev/null
 }
 
+# Services whose healthcheck has not passed (starting or unhealthy), one a line.
+unhealthy_services() {
+  local service id health
+  for service in $("${COMPOSE[@]}" ps --services 2>/dev/null); do
+    id=$("${COMPOSE[@]}" ps -q "$service" 2>/dev/null | head -1)
+    [ -n "$id" ] || continue
+    health=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id" 2>/dev/null)
+    case "$health" in starting | unhealthy) echo "$service $health" ;; esac
+  done
+}
+
+report_unhealthy_services() {
+  local service health
+  while read -r service health; do
+    say "service $service is $health"
+    show_log "$service"
+  done < <(unhealthy_services)
+}
+
 show_log() {
   say "last $TAIL_LINES log lines of $1:"
   "${COMPOSE[@]}" logs --no-color --tail="$TAIL_LINES" "$1" >&2
@@ -50,7 +69,8 @@ ui_answers() {
 }
 
 if ! "${COMPOSE[@]}" up -d; then
-  report_failed_steps || say "docker-compose up failed before any one-shot step did (its error is above)"
+  report_failed_steps || report_unhealthy_services
+  say "docker-compose up failed (its own error is above)"
   exit 1
 fi
 deadline=$((SECONDS + ${UP_TIMEOUT_SECONDS:-300}))
@@ -58,7 +78,8 @@ until ui_answers; do
   if report_failed_steps; then exit 1; fi
   if [ "$SECONDS" -ge "$deadline" ]; then
     say "the UI did not answer through ui_proxy within ${UP_TIMEOUT_SECONDS:-300} s"
-    for service in ui_proxy dagster_webserver dagster_viewer; do show_log "$service"; done
+    report_unhealthy_services
+    show_log ui_proxy
     exit 1
   fi
   sleep 2
