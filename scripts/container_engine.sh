@@ -18,6 +18,7 @@ SERVICE_LOG=${PODMAN_SERVICE_LOG:-/var/log/podman-service.log}
 HEALTH_PIDFILE=/run/podman/healthchecks.pid
 POSTGRES_IMAGE=docker.io/library/postgres:15.14-bookworm
 NGINX_IMAGE=docker.io/library/nginx:1.28.0-bookworm
+SOCKET_PROXY_IMAGE=docker.io/tecnativa/docker-socket-proxy:v0.4.2
 S3_STANDIN=localhost/health-intake-standin-s3:latest
 CACHE=${CONTAINER_ENGINE_CACHE:-/var/cache/health-intake}
 
@@ -136,21 +137,23 @@ build_python_base() {
 
 # A third-party image, pulled, or else built from images/standins/ under the official name, so
 # docker-compose.yml names the same image either way.
+# A stand-in already built (label health-intake.standin) is rebuilt, as its files may have changed.
 pull_or_build_standin() {
   local image=$1 dockerfile=$2 what=$3 start=$SECONDS
-  if image_exists "$image"; then say "image $image present"
-  elif pull_quietly "$image"; then say "pulled $image"
-  else
-    podman build -q --pull=never -f "$dockerfile" -t "$image" . >/dev/null
-    say "built $image stand-in ($what) in $((SECONDS - start)) s (test scaffolding)"
-  fi
+  if image_exists "$image" && ! is_standin "$image"; then say "image $image present"; return; fi
+  if ! image_exists "$image" && pull_quietly "$image"; then say "pulled $image"; return; fi
+  podman build -q --pull=never -f "$dockerfile" -t "$image" . >/dev/null
+  say "built $image stand-in ($what) in $((SECONDS - start)) s (test scaffolding)"
 }
 
+is_standin() { [ "$(podman image inspect -f '{{index .Labels "health-intake.standin"}}' "$1" 2>/dev/null)" = 1 ]; }
+
 # Stand-ins for the stack's third-party services (images/standins/), for the whole-stack test
-# where Postgres, nginx and MinIO cannot be pulled. TEST SCAFFOLDING, like the base image.
+# where Postgres, nginx, the socket proxy and MinIO cannot be pulled. TEST SCAFFOLDING, like the base image.
 build_service_standins() {
   pull_or_build_standin "$POSTGRES_IMAGE" images/standins/postgres.Dockerfile "Debian's PostgreSQL 15"
   pull_or_build_standin "$NGINX_IMAGE" images/standins/nginx.Dockerfile "Debian's nginx"
+  pull_or_build_standin "$SOCKET_PROXY_IMAGE" images/standins/docker-socket-proxy.Dockerfile "Debian's HAProxy"
   # Always (re)built: its entrypoint lives in this repository and changes with it; unchanged
   # layers come from the build cache in about a second.
   local start=$SECONDS

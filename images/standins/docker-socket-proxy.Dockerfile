@@ -4,6 +4,8 @@
 # environment variables (images/standins/docker-socket-proxy.cfg); like it, every API area is
 # refused unless its variable says 1.
 FROM python:3.11-slim
+# scripts/container_engine.sh rebuilds what carries this label (a stand-in), never a pulled image.
+LABEL health-intake.standin=1
 RUN export DEBIAN_FRONTEND=noninteractive && apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends haproxy >/dev/null && rm -rf /var/lib/apt/lists/*
 COPY images/standins/docker-socket-proxy.cfg /usr/local/etc/haproxy/haproxy.cfg

@@ -4,6 +4,8 @@
 # docker-compose.yml relies on it: a site in /etc/nginx/conf.d/, logs on stdout/stderr,
 # `nginx -g 'daemon off;'` in the foreground, workers as an unprivileged user.
 FROM python:3.11-slim
+# scripts/container_engine.sh rebuilds what carries this label (a stand-in), never a pulled image.
+LABEL health-intake.standin=1
 RUN export DEBIAN_FRONTEND=noninteractive && apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx >/dev/null \
  && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/default \
  && ln -sf /dev/stdout /var/log/nginx/access.log && ln -sf /dev/stderr /var/log/nginx/error.log

@@ -22,6 +22,7 @@ EXPECTED_SERVICES = {
     "dagster_daemon",
     "ui_auth_render",
     "ui_proxy",
+    "engine_proxy",
     "dagster_postgres",
     "metadata_postgres",
     "minio",
@@ -74,12 +75,18 @@ def test_dagster_services_launch_workers_into_the_compose_network():
         assert env["WORKER_DOCKER_NETWORK"] == network
 
 
-def test_only_the_daemon_mounts_the_engine_socket_and_only_it_runs_as_root():
+def test_only_the_engine_proxy_mounts_the_engine_socket_and_only_the_daemon_reaches_the_proxy():
     def mounts_socket(service: dict) -> bool:
         return any(str(volume).endswith(":/var/run/docker.sock") for volume in service.get("volumes", []))
 
-    assert [name for name, service in SERVICES.items() if mounts_socket(service)] == ["dagster_daemon"]
-    for name in ("dagster_webserver", "dagster_viewer"):
+    assert [name for name, service in SERVICES.items() if mounts_socket(service)] == ["engine_proxy"]
+    on_engine_network = [name for name, service in SERVICES.items() if "engine" in service.get("networks", [])]
+    assert sorted(on_engine_network) == ["dagster_daemon", "engine_proxy"]
+    assert COMPOSE["networks"]["engine"]["internal"] is True
+
+
+def test_the_dagster_services_run_as_the_images_non_root_user():
+    for name in ("dagster_webserver", "dagster_viewer", "dagster_daemon"):
         assert "user" not in SERVICES[name], name
 
 

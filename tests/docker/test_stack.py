@@ -224,18 +224,44 @@ def container(stack, engine, service: str):
     return engine.containers.get(container_id)
 
 
-def test_only_the_daemon_holds_the_engine_socket_and_the_webservers_run_unprivileged(stack, engine):
+def test_only_the_engine_proxy_holds_the_socket_and_the_dagster_services_run_unprivileged(stack, engine):
     def mounts(service: str) -> set[str]:
         return {mount["Destination"] for mount in container(stack, engine, service).attrs["Mounts"]}
 
-    assert "/var/run/docker.sock" in mounts("dagster_daemon")
-    for service in ("dagster_webserver", "dagster_viewer", "ui_proxy"):
+    assert "/var/run/docker.sock" in mounts("engine_proxy")
+    for service in ("dagster_webserver", "dagster_viewer", "dagster_daemon", "ui_proxy"):
         assert "/var/run/docker.sock" not in mounts(service), service
-    for service in ("dagster_webserver", "dagster_viewer"):
+    for service in ("dagster_webserver", "dagster_viewer", "dagster_daemon"):
         uid = stack.compose("exec", "-T", service, "id", "-u")
         assert uid.returncode == 0 and uid.stdout.strip() not in ("", "0"), (service, uid.stdout)
-        no_socket = stack.compose("exec", "-T", service, "test", "-e", "/var/run/docker.sock")
-        assert no_socket.returncode == 1, service
+
+
+ENGINE_CALL = """import sys, docker
+engine = docker.DockerClient(base_url="tcp://engine_proxy:2375", timeout=10)
+try:
+    {call}
+except docker.errors.APIError as refused:
+    print("refused", refused.status_code); sys.exit(3)
+except Exception as unreachable:
+    print(type(unreachable).__name__, file=sys.stderr); sys.exit(2)
+"""
+
+
+def engine_call(stack, service: str, call: str) -> str:
+    """An engine API call from inside a service: "done", "refused <HTTP status>" or "unreachable"."""
+    done = stack.compose("exec", "-T", service, "python", "-c", ENGINE_CALL.format(call=call))
+    return {0: "done", 2: "unreachable"}.get(done.returncode, done.stdout.strip())
+
+
+def test_the_webservers_cannot_reach_the_engine(stack):
+    for service in ("dagster_webserver", "dagster_viewer"):
+        assert engine_call(stack, service, "engine.version()") == "unreachable", service
+
+
+def test_the_engine_proxy_lets_the_daemon_list_containers_and_refuses_volumes_exec_and_system_calls(stack):
+    assert engine_call(stack, "dagster_daemon", "engine.containers.list(limit=1)") == "done"
+    for forbidden in ("engine.volumes.list()", "engine.api.exec_create('any-container', 'id')", "engine.info()"):
+        assert engine_call(stack, "dagster_daemon", forbidden) == "refused 403", forbidden
 
 
 def test_only_the_proxy_publishes_ports_for_the_ui_and_only_on_localhost(stack, engine):
