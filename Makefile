@@ -15,7 +15,6 @@ lint:
 
 # --- Docker mode (README "Docker mode"). Settings come from .env (cp .env.example .env). -----
 COMPOSE ?= docker-compose
-DAGSTER_PORT ?= 3000
 .PHONY: engine env images up down logs dagster-cli psql minio-shell
 
 # Rootful Podman with Docker's API, for machines without a Docker engine (run as root).
@@ -33,12 +32,10 @@ env:
 images: .env
 	$(COMPOSE) --profile workers build heartbeat classifier registrar stager dagster_webserver
 
-# Builds, starts the stack in order (migrations and bucket set-up first), waits for the UI.
+# Builds, starts the stack in order (migrations and bucket set-up first), waits until the UI answers
+# through ui_proxy; names the failing step and prints its last log lines when one fails.
 up: images
-	$(COMPOSE) up -d
-	@for i in $$(seq 1 120); do \
-	  curl -sf http://127.0.0.1:$(DAGSTER_PORT)/server_info >/dev/null && { echo "UI ready at http://127.0.0.1:$(DAGSTER_PORT)"; exit 0; }; \
-	  sleep 2; done; echo "the webserver did not answer; see: make logs SERVICE=dagster_webserver" >&2; exit 1
+	COMPOSE="$(COMPOSE)" ./scripts/stack_up.sh
 
 # Stops and removes the stack's containers; the data volumes stay (add V=-v to drop them too).
 down:
@@ -48,9 +45,10 @@ down:
 logs:
 	$(COMPOSE) logs -f --tail=100 $(SERVICE)
 
-# Any dagster CLI command inside the webserver container: make dagster-cli CMD="asset list -m orchestrator.definitions"
+# Any dagster CLI command inside the daemon's container, the one that can launch worker containers:
+# make dagster-cli CMD="asset list -m orchestrator.definitions"
 dagster-cli:
-	$(COMPOSE) exec -T dagster_webserver dagster $(CMD)
+	$(COMPOSE) exec -T dagster_daemon dagster $(CMD)
 
 # psql on the metadata DB: interactive, or one statement with SQL="select * from bootstrap_heartbeat"
 psql:

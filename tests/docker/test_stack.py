@@ -1,13 +1,18 @@
-"""`docker-compose up` of the whole stack, then the heartbeat through the webserver's GraphQL API and
-a drop with _SUCCESS through the sensor, each checked in metadata_postgres and the object store.
+"""`make up`'s script brings up the whole stack; then the heartbeat through the operator UI's GraphQL
+API (through ui_proxy, with the operator's login) and a drop with _SUCCESS through the sensor, each
+checked in metadata_postgres and the object store; then who may reach the UI and the engine socket.
 
 Where quay.io/minio/minio cannot be pulled the stack runs the S3 stand-in that
-scripts/container_engine.sh builds (images/standins/, test scaffolding) through MINIO_IMAGE.
+scripts/container_engine.sh builds (images/standins/, test scaffolding), selected by MINIO_IMAGE
+alone, as the README says. nginx is the official image or, where it cannot be pulled, its stand-in.
 """
 
+import base64
 import json
+import os
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -23,7 +28,8 @@ PROJECT = f"health-intake-test-{uuid.uuid4().hex[:8]}"
 S3_STANDIN = "localhost/health-intake-standin-s3:latest"
 GROUP = "inbox/acme/unknown/drop-001/"
 LAUNCH = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
-  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
+  ... on UnauthorizedError { message } } }"""
 RUN_STATUS = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
 HEARTBEAT = {
     "selector": {
@@ -53,12 +59,17 @@ class Stack:
         command = ["docker-compose", "-p", PROJECT, "--env-file", str(self.env_file), *args]
         return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
 
-    def graphql(self, query: str, variables: dict) -> dict:
-        body = json.dumps({"query": query, "variables": variables}).encode()
-        url = f"http://127.0.0.1:{self.settings['DAGSTER_PORT']}/graphql"
-        request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.load(response)["data"]
+    def graphql(self, query: str, variables: dict, ui: str = "operator") -> dict:
+        """A GraphQL request through ui_proxy, with the login of `ui` (operator or viewer)."""
+        user, password = self.login(ui)
+        return graphql_response(self.ui_url(ui), query, variables, user, password)["data"]
+
+    def login(self, ui: str) -> tuple[str, str]:
+        return self.settings[f"UI_{ui.upper()}_USER"], self.settings[f"UI_{ui.upper()}_PASSWORD"]
+
+    def ui_url(self, ui: str) -> str:
+        port = self.settings["DAGSTER_PORT" if ui == "operator" else "DAGSTER_VIEWER_PORT"]
+        return f"http://127.0.0.1:{port}"
 
     def s3(self):
         return boto3.client(
@@ -75,17 +86,35 @@ class Stack:
         return done.stdout
 
 
+def graphql_response(url: str, query: str, variables: dict, user: str | None, password: str | None) -> dict:
+    """The JSON answer of POST url/graphql, with HTTP basic credentials when a user is given."""
+    body = json.dumps({"query": query, "variables": variables}).encode()
+    headers = {"Content-Type": "application/json"}
+    if user is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    request = urllib.request.Request(f"{url}/graphql", body, headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def graphql_status(url: str, user: str | None = None, password: str | None = None) -> int:
+    try:
+        graphql_response(url, "{ version }", {}, user, password)
+    except urllib.error.HTTPError as refused:
+        return refused.code
+    return 200
+
+
 def stack_settings(engine, env_file) -> dict[str, str]:
-    ports = {name: str(free_port_block(1)) for name in ("DAGSTER_PORT", "METADATA_POSTGRES_PORT", "MINIO_PORT")}
-    ports["MINIO_CONSOLE_PORT"] = str(free_port_block(1))
+    port_names = ("DAGSTER_PORT", "DAGSTER_VIEWER_PORT", "METADATA_POSTGRES_PORT", "MINIO_PORT", "MINIO_CONSOLE_PORT")
+    ports = {name: str(free_port_block(1)) for name in port_names}
     lines = [line for line in env_file.read_text().splitlines() if line.split("=")[0] not in ports]
     settings = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
     try:
         engine.images.get(settings["MINIO_IMAGE"])
     except docker.errors.ImageNotFound:
+        # The README's one setting for the stand-in; roles_apply reads the rest from the image.
         settings["MINIO_IMAGE"] = S3_STANDIN
-        # The stand-in (SeaweedFS) reads the rendered roles when it starts; there is no `mc`.
-        settings["S3_ROLES_PROVISIONING"] = "static"
     settings.update(ports, SENSOR_INTERVAL_SECONDS="5", WORKER_DOCKER_NETWORK=PROJECT)
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     return settings
@@ -97,17 +126,16 @@ def stack(images, engine, tmp_path_factory):
     stack = Stack(env_file, stack_settings(engine, env_file))
     started = time.monotonic()
     try:
-        up = stack.compose("up", "-d")
-        assert up.returncode == 0, up.stderr[-3000:]
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{stack.settings['DAGSTER_PORT']}/server_info", timeout=5)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, stack.compose("logs", "--tail=50").stdout[-4000:]
-                time.sleep(2)
-        print(f"docker-compose up to a healthy stack: {time.monotonic() - started:.0f} s")
+        up = subprocess.run(
+            ["./scripts/stack_up.sh"],
+            cwd=REPO,
+            env={**os.environ, "COMPOSE": f"docker-compose -p {PROJECT} --env-file {env_file}"},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert up.returncode == 0, up.stderr[-4000:]
+        print(f"make up's script to a UI answering through ui_proxy: {time.monotonic() - started:.0f} s")
         yield stack
     finally:
         stack.compose("down", "-v", "--remove-orphans")
@@ -118,11 +146,12 @@ def test_every_long_running_service_is_healthy_and_the_one_shot_steps_succeeded(
         (container_id,) = stack.compose("ps", "-q", service).stdout.split()
         return engine.containers.get(container_id).attrs["State"]
 
-    for service in ("dagster_postgres", "metadata_postgres", "minio"):
+    for service in ("dagster_postgres", "metadata_postgres", "minio", "dagster_webserver", "dagster_viewer"):
         assert state(service)["Health"]["Status"] == "healthy", service
-    for service in ("dagster_webserver", "dagster_daemon"):
+    for service in ("dagster_daemon", "ui_proxy"):
         assert state(service)["Running"], service
-    for one_shot in ("migrations", "minio_init", "roles_render", "roles_apply", "roles_check"):
+    one_shots = ("migrations", "minio_init", "roles_render", "roles_apply", "roles_check", "ui_auth_render")
+    for one_shot in one_shots:
         assert (state(one_shot)["Running"], state(one_shot)["ExitCode"]) == (False, 0), one_shot
 
 
@@ -156,7 +185,7 @@ def test_a_drop_with_its_marker_ends_staged_inside_the_stack(stack):
     assert any(obj["Key"].endswith("/medical_claims.csv") for obj in raw)
 
 
-def test_the_dagster_cli_in_the_webserver_container_materializes_the_heartbeat(stack):
+def test_the_dagster_cli_in_the_daemon_container_materializes_the_heartbeat(stack):
     done = stack.make(
         "dagster-cli", CMD="asset materialize -m orchestrator.definitions --select bootstrap_heartbeat_asset"
     )
@@ -169,7 +198,7 @@ def test_the_roles_gate_passed_and_the_dagster_services_hold_no_root_key(stack):
     checked = stack.compose("logs", "--no-color", "roles_check").stdout
     probes = [line for line in checked.splitlines() if "| ok " in line or "| BAD " in line]
     assert len(probes) == 45 and all("| ok " in line for line in probes), checked[-3000:]
-    for service in ("dagster_webserver", "dagster_daemon"):
+    for service in ("dagster_webserver", "dagster_viewer", "dagster_daemon"):
         env = stack.compose("exec", "-T", service, "env").stdout
         assert stack.settings["MINIO_SECRET_KEY"] not in env, service
         assert f"MINIO_SECRET_KEY={stack.settings['MINIO_DISCOVERY_SECRET_KEY']}" in env.splitlines(), service
@@ -188,3 +217,95 @@ def test_the_roles_gate_passed_and_the_dagster_services_hold_no_root_key(stack):
         "sys.exit(4)",
     )
     assert refused.returncode == 0, refused.stdout + refused.stderr
+
+
+def container(stack, engine, service: str):
+    (container_id,) = stack.compose("ps", "-q", service).stdout.split()
+    return engine.containers.get(container_id)
+
+
+def test_only_the_engine_proxy_holds_the_socket_and_the_dagster_services_run_unprivileged(stack, engine):
+    def mounts(service: str) -> set[str]:
+        return {mount["Destination"] for mount in container(stack, engine, service).attrs["Mounts"]}
+
+    assert "/var/run/docker.sock" in mounts("engine_proxy")
+    for service in ("dagster_webserver", "dagster_viewer", "dagster_daemon", "ui_proxy"):
+        assert "/var/run/docker.sock" not in mounts(service), service
+    for service in ("dagster_webserver", "dagster_viewer", "dagster_daemon"):
+        uid = stack.compose("exec", "-T", service, "id", "-u")
+        assert uid.returncode == 0 and uid.stdout.strip() not in ("", "0"), (service, uid.stdout)
+
+
+ENGINE_CALL = """import sys, docker
+try:
+    engine = docker.DockerClient(base_url="tcp://engine_proxy:2375", timeout=10)
+    {call}
+except docker.errors.APIError as refused:
+    print("refused", refused.status_code); sys.exit(3)
+"""
+
+
+def engine_call(stack, service: str, call: str) -> str:
+    """An engine API call from inside a service: "done", or "refused <HTTP status>"."""
+    done = stack.compose("exec", "-T", service, "python", "-c", ENGINE_CALL.format(call=call))
+    assert done.returncode in (0, 3), done.stderr[-2000:]
+    return done.stdout.strip() or "done"
+
+
+def test_the_webservers_cannot_reach_the_engine(stack):
+    for service in ("dagster_webserver", "dagster_viewer"):
+        lookup = "import socket; socket.getaddrinfo('engine_proxy', 2375)"
+        done = stack.compose("exec", "-T", service, "python", "-c", lookup)
+        assert done.returncode == 1 and "gaierror" in done.stderr, (service, done.stderr[-1000:])
+
+
+def test_the_engine_proxy_lets_the_daemon_list_containers_and_refuses_volumes_exec_and_system_calls(stack):
+    assert engine_call(stack, "dagster_daemon", "engine.containers.list(limit=1)") == "done"
+    for forbidden in ("engine.volumes.list()", "engine.api.exec_create('any-container', 'id')", "engine.info()"):
+        assert engine_call(stack, "dagster_daemon", forbidden) == "refused 403", forbidden
+
+
+def test_only_the_proxy_publishes_ports_for_the_ui_and_only_on_localhost(stack, engine):
+    for service in ("dagster_webserver", "dagster_viewer"):
+        published = container(stack, engine, service).attrs["NetworkSettings"]["Ports"] or {}
+        assert not any(bindings for bindings in published.values()), (service, published)
+    proxy_ports = container(stack, engine, "ui_proxy").attrs["NetworkSettings"]["Ports"]
+    bindings = [binding for port in ("8080/tcp", "8081/tcp") for binding in proxy_ports[port]]
+    assert {binding["HostIp"] for binding in bindings} == {"127.0.0.1"}, proxy_ports
+
+
+def test_the_ui_without_credentials_or_with_a_wrong_password_gets_401(stack):
+    for ui in ("operator", "viewer"):
+        user, password = stack.login(ui)
+        assert graphql_status(stack.ui_url(ui)) == 401, ui
+        assert graphql_status(stack.ui_url(ui), user, password + "x") == 401, ui
+        assert graphql_status(stack.ui_url(ui), user, password) == 200, ui
+
+
+def test_viewer_credentials_do_not_open_the_operator_ui(stack):
+    assert graphql_status(stack.ui_url("operator"), *stack.login("viewer")) == 401
+
+
+def test_the_read_only_ui_refuses_a_launch_with_the_viewers_login(stack):
+    launched = stack.graphql(LAUNCH, {"params": HEARTBEAT}, ui="viewer")["launchRun"]
+    print(f"the read-only UI answers launchRun with: {launched}")
+    assert launched["__typename"] == "UnauthorizedError", launched
+
+
+def test_the_health_endpoints_answer_without_credentials_and_reveal_nothing(stack):
+    for ui in ("operator", "viewer"):
+        with urllib.request.urlopen(f"{stack.ui_url(ui)}/healthz", timeout=10) as response:
+            assert (response.status, response.read()) == (204, b""), ui
+            assert "dagster" not in str(response.headers).lower(), ui
+
+
+def test_the_proxy_holds_only_password_hashes_and_no_log_shows_a_password(stack):
+    for ui in ("operator", "viewer"):
+        user, password = stack.login(ui)
+        htpasswd = stack.compose("exec", "-T", "ui_proxy", "cat", f"/auth/{ui}.htpasswd").stdout
+        assert htpasswd.startswith(f"{user}:$6$"), ui
+        assert password not in htpasswd, ui
+    logs = stack.compose("logs", "--no-color").stdout
+    assert "ui_access: wrote" in logs
+    for ui in ("operator", "viewer"):
+        assert stack.login(ui)[1] not in logs, ui
