@@ -48,9 +48,10 @@ down:
 logs:
 	$(COMPOSE) logs -f --tail=100 $(SERVICE)
 
-# Any dagster CLI command inside the webserver container: make dagster-cli CMD="asset list -m orchestrator.definitions"
+# Any dagster CLI command inside the daemon's container, the one that holds the workers' credentials
+# (the webserver holds none): make dagster-cli CMD="asset list -m orchestrator.definitions"
 dagster-cli:
-	$(COMPOSE) exec -T dagster_webserver dagster $(CMD)
+	$(COMPOSE) exec -T dagster_daemon dagster $(CMD)
 
 # psql on the metadata DB: interactive, or one statement with SQL="select * from bootstrap_heartbeat"
 psql:
