@@ -40,9 +40,9 @@ VERBS = ("List", "ListUploads", "Read", "Write", "Delete")
 AREAS = ("inbox", "raw", "bootstrap")
 
 # role -> verb -> areas. An area is a key prefix, named here and resolved from the settings.
-# List is granted where a worker must tell a missing key from a refusal: without s3:ListBucket,
-# AWS and MinIO answer a GET or HEAD of a missing key with 403, not 404 (the stager's re-run
-# checks and the audit's "missing" finding read that 404).
+# A missing key answers 404 to whoever may Read there, with no List (SeaweedFS, and MinIO for any
+# signed request); the stager's re-run checks and the audit's "missing" finding rely on it. AWS
+# S3 answers 403 without s3:ListBucket: there those two roles would need List as well.
 GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     # The inbox sensor (in the Dagster daemon): keys, sizes and in-progress uploads, never a body.
     "sensor": {"List": ("inbox",), "ListUploads": ("inbox",)},
@@ -52,9 +52,9 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "layouts": {},
     "registrar": {"List": ("inbox",), "Read": ("inbox", "raw"), "Write": ("raw",)},
     # Delete in the inbox removes what was staged (ETag-guarded); it never writes there.
-    "stager": {"List": ("inbox", "raw"), "Read": ("inbox", "raw"), "Write": ("raw",), "Delete": ("inbox",)},
+    "stager": {"Read": ("inbox", "raw"), "Write": ("raw",), "Delete": ("inbox",)},
     "heartbeat": {"Write": ("bootstrap",)},
-    "auditor": {"List": ("raw",), "Read": ("raw",)},
+    "auditor": {"Read": ("raw",)},
 }
 # Workers not named run under the role of the same name.
 ROLE_OF_WORKER = {"audit": "auditor"}
