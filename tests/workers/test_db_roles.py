@@ -258,3 +258,17 @@ def test_the_intake_runs_end_to_end_with_each_worker_on_its_own_db_role(each_wor
         root.delete_object(Bucket=BUCKET, Key=key)
     for obj in root.list_objects_v2(Bucket=BUCKET, Prefix="raw/").get("Contents", []):
         root.delete_object(Bucket=BUCKET, Key=obj["Key"])
+
+
+@pytest.mark.xfail(
+    strict=True, reason="launcher wiring pending (issue 10, item 4): connection_env does not call db_url_for yet"
+)
+def test_the_launcher_hands_each_worker_its_db_roles_url_as_its_metadata_db_url():
+    env = {"METADATA_DB_URL": "postgresql+psycopg2://intake_sensor:s@db/m"}
+    for role in db_roles.DB_GRANTS:
+        env[db_roles.url_variable(role)] = f"postgresql+psycopg2://intake_{role}:p@db/m"
+
+    for worker, role in db_roles.DB_ROLE_OF_WORKER.items():
+        assert resources.connection_env(worker, env)["METADATA_DB_URL"] == env[db_roles.url_variable(role)], worker
+    # Dev mode: no role URLs, one METADATA_DB_URL for every worker.
+    assert resources.connection_env("stager", {"METADATA_DB_URL": "sqlite://"})["METADATA_DB_URL"] == "sqlite://"
