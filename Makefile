@@ -45,8 +45,8 @@ down:
 logs:
 	$(COMPOSE) logs -f --tail=100 $(SERVICE)
 
-# Any dagster CLI command inside the daemon's container, the one that can launch worker containers:
-# make dagster-cli CMD="asset list -m orchestrator.definitions"
+# Any dagster CLI command inside the daemon's container, the one that launches worker containers and
+# holds their credentials (the webserver holds none): make dagster-cli CMD="asset list -m orchestrator.definitions"
 dagster-cli:
 	$(COMPOSE) exec -T dagster_daemon dagster $(CMD)
 

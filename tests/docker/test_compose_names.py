@@ -29,6 +29,7 @@ EXPECTED_SERVICES = {
     "minio",
     "minio_init",
     "migrations",
+    "db_roles",
     "roles_render",
     "roles_apply",
     "roles_check",
@@ -106,9 +107,26 @@ def test_no_webserver_publishes_a_port_only_the_proxy_does_on_localhost():
     assert "--read-only" in SERVICES["dagster_viewer"]["command"]
 
 
-def test_containers_that_run_workers_get_every_connection_variable():
-    for service in ("dagster_webserver", "dagster_daemon", "minio_init", "migrations"):
-        assert set(CONNECTION) <= set(SERVICES[service]["environment"])
+def test_the_daemon_which_launches_the_workers_gets_every_connection_variable_and_the_set_up_steps_theirs():
+    assert set(CONNECTION) <= set(SERVICES["dagster_daemon"]["environment"])
+    assert "METADATA_DB_URL" in SERVICES["migrations"]["environment"]
+    assert {"MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"} <= set(SERVICES["minio_init"]["environment"])
+
+
+def test_the_webserver_holds_no_object_store_key_and_no_metadata_db_login():
+    env = SERVICES["dagster_webserver"]["environment"]
+    assert (env["METADATA_DB_URL"], env["MINIO_ACCESS_KEY"], env["MINIO_SECRET_KEY"]) == ("", "", "")
+    assert not [name for name in env if name.startswith("MINIO_") and name.endswith("_KEY") and env[name]]
+    assert not [name for name in env if name.startswith("METADATA_") and name.endswith("_DB_URL") and env[name]]
+
+
+def test_every_db_role_has_its_url_in_the_daemon_or_db_roles_and_a_required_password():
+    from workers.db_roles import DB_GRANTS, url_variable
+
+    for role in DB_GRANTS:
+        assert url_variable(role) in SERVICES["dagster_daemon"]["environment"], role
+        assert url_variable(role) in SERVICES["db_roles"]["environment"], role
+        assert f"METADATA_{role.upper()}_DB_PASSWORD" in env_example_names(), role
 
 
 def test_the_dagster_instance_reads_only_variables_compose_sets():
@@ -138,7 +156,8 @@ def test_compose_accepts_the_file(tmp_path):
 
 
 def test_only_the_object_store_and_its_set_up_steps_hold_the_root_keys():
-    root_holders = {"minio", "minio_init", "migrations", "roles_render", "roles_apply"}
+    # roles_check makes and removes its probes' objects with them.
+    root_holders = {"minio", "minio_init", "roles_render", "roles_apply", "roles_check"}
     for name, service in SERVICES.items():
         env = service.get("environment", {})
         holds_root = "${MINIO_SECRET_KEY:" in str(env.get("MINIO_SECRET_KEY", "")) or "MINIO_ROOT_PASSWORD" in env
@@ -152,3 +171,8 @@ def test_every_role_has_its_keys_in_compose_and_env_example():
         for name in key_variables(role):
             assert f"${{{name}:?" in (REPO / "docker-compose.yml").read_text(), name
             assert name in env_example_names(), name
+
+
+def test_the_daemon_gets_every_setting_a_worker_declares_so_the_launcher_can_hand_it_on():
+    declared = {name for entry in WORKERS.values() for name in entry.intake_settings}
+    assert declared <= set(SERVICES["dagster_daemon"]["environment"])

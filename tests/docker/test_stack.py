@@ -150,7 +150,7 @@ def test_every_long_running_service_is_healthy_and_the_one_shot_steps_succeeded(
         assert state(service)["Health"]["Status"] == "healthy", service
     for service in ("dagster_daemon", "ui_proxy"):
         assert state(service)["Running"], service
-    one_shots = ("migrations", "minio_init", "roles_render", "roles_apply", "roles_check", "ui_auth_render")
+    one_shots = ("migrations", "db_roles", "minio_init", "roles_render", "roles_apply", "roles_check", "ui_auth_render")
     for one_shot in one_shots:
         assert (state(one_shot)["Running"], state(one_shot)["ExitCode"]) == (False, 0), one_shot
 
@@ -197,13 +197,14 @@ def test_the_roles_gate_passed_and_the_dagster_services_hold_no_root_key(stack):
     # roles_check probed every role against the stack's object store before Dagster started.
     checked = stack.compose("logs", "--no-color", "roles_check").stdout
     probes = [line for line in checked.splitlines() if "| ok " in line or "| BAD " in line]
-    assert len(probes) == 45 and all("| ok " in line for line in probes), checked[-3000:]
+    assert len(probes) == 126 and all("| ok " in line for line in probes), checked[-3000:]
     for service in ("dagster_webserver", "dagster_viewer", "dagster_daemon"):
         env = stack.compose("exec", "-T", service, "env").stdout
         assert stack.settings["MINIO_SECRET_KEY"] not in env, service
-        assert f"MINIO_SECRET_KEY={stack.settings['MINIO_DISCOVERY_SECRET_KEY']}" in env.splitlines(), service
+    daemon = stack.compose("exec", "-T", "dagster_daemon", "env").stdout.splitlines()
+    assert f"MINIO_SECRET_KEY={stack.settings['MINIO_SENSOR_SECRET_KEY']}" in daemon
     # So the heartbeat and the staged drop above wrote bootstrap/ and raw/ with their own roles'
-    # keys: the discovery keys these services hold are refused there.
+    # keys: the sensor keys the daemon holds are refused there.
     refused = stack.compose(
         "exec",
         "-T",
@@ -309,3 +310,25 @@ def test_the_proxy_holds_only_password_hashes_and_no_log_shows_a_password(stack)
     assert "ui_access: wrote" in logs
     for ui in ("operator", "viewer"):
         assert stack.login(ui)[1] not in logs, ui
+
+
+def test_each_process_holds_only_its_own_credentials_and_the_db_roles_gate_passed(stack):
+    """Item 4 of issue 10, at the stack level: the webserver holds no worker key and no DB login,
+    the daemon no owner or root secret, and db_roles proved every DB grant and refusal."""
+    secrets_of_workers = [
+        value
+        for name, value in stack.settings.items()
+        if value and (name.endswith(("_SECRET_KEY", "_DB_PASSWORD")) or name == "METADATA_POSTGRES_PASSWORD")
+    ]
+    webserver = stack.compose("exec", "-T", "dagster_webserver", "env").stdout
+    assert [s for s in secrets_of_workers if s in webserver] == []
+    daemon = stack.compose("exec", "-T", "dagster_daemon", "env").stdout
+    for owner_or_root in ("METADATA_POSTGRES_PASSWORD", "MINIO_SECRET_KEY"):
+        assert stack.settings[owner_or_root] not in daemon, owner_or_root
+    assert f"METADATA_DB_URL=postgresql+psycopg2://intake_sensor:{stack.settings['METADATA_SENSOR_DB_PASSWORD']}@" in (
+        daemon
+    )
+    gate = stack.compose("logs", "--no-color", "db_roles").stdout
+    probes = [line for line in gate.splitlines() if "| ok " in line or "| BAD " in line]
+    assert probes and all("| ok " in line for line in probes), gate[-3000:]
+    assert any("stager     DELETE submission" in line and "refused" in line for line in probes)

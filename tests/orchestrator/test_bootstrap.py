@@ -90,7 +90,7 @@ def fake_workers_on_path(monkeypatch):
 
 def add_fake_workers(monkeypatch, image: str = "heartbeat") -> None:
     for name in ("silent", "crashes", "echoes", "limits"):
-        monkeypatch.setitem(WORKERS, name, Worker(name, image=image, s3_role="heartbeat"))
+        monkeypatch.setitem(WORKERS, name, Worker(name, image=image, s3_role="heartbeat", db_role="heartbeat"))
 
 
 def test_asset_fails_when_the_worker_exits_without_reporting(platform_env, fake_workers_on_path):

@@ -15,7 +15,8 @@ from botocore.exceptions import ClientError
 from orchestrator.definitions import defs
 from orchestrator.defs.intake.jobs import register_submission_from_group_job
 from orchestrator.defs.intake.sensors import inbox_discovery_sensor
-from orchestrator.defs.resources import WorkerLauncher, connection_env
+from orchestrator.defs.resources import WorkerLauncher, worker_env
+from workers.catalogue import Worker, worker
 from workers.db import make_engine
 
 from tests.conftest import REPO, S3Server, drop_files, start_s3_server, stop_process_group, wait_for_s3
@@ -72,11 +73,11 @@ def client_as(server: S3Server, role: str):
 
 @pytest.fixture
 def role_env(role_server, migrated_db_url, monkeypatch) -> dict[str, str]:
-    """The Dagster processes' environment in Docker mode: the discovery role's keys as their own,
+    """The Dagster daemon's environment in Docker mode: the sensor role's keys as its own,
     every role's keys to hand to the workers, no root keys."""
     env = roles_env(
         role_server.endpoint,
-        ROLE_KEYS["discovery"],
+        ROLE_KEYS["sensor"],
         METADATA_DB_URL=migrated_db_url,
         WORKER_LAUNCH_MODE="subprocess",
     )
@@ -93,12 +94,23 @@ def test_render_keeps_the_secrets_in_an_owner_only_file_and_none_in_the_script(t
     document = json.loads(identities.read_text())
     assert {i["name"] for i in document["identities"]} == {"root", *roles.GRANTS}
     heartbeat = next(i for i in document["identities"] if i["name"] == "heartbeat")
-    assert heartbeat["actions"] == [f"Write:{BUCKET}/bootstrap/*"]
+    assert heartbeat["actions"] == [] and heartbeat["policyNames"] == ["health-heartbeat"]
+    policy = next(p for p in document["policies"] if p["name"] == "health-heartbeat")
+    assert json.loads(policy["content"])["Statement"] == [
+        {
+            "Effect": "Allow",
+            "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+            "Resource": [f"arn:aws:s3:::{BUCKET}/bootstrap/*"],
+        }
+    ]
+    layouts = next(i for i in document["identities"] if i["name"] == "layouts")
+    assert "policyNames" not in layouts and layouts["actions"] == []
     text = script.read_text()
     assert not [value for value in env.values() if len(value) >= 16 and value in text]
     assert subprocess.run(["sh", "-n", str(script)], capture_output=True).returncode == 0
     for role in roles.GRANTS:
-        assert f"mc admin policy attach platform health-{role}" in text
+        assert (f"mc admin policy attach platform health-{role}" in text) == bool(roles.GRANTS[role])
+        assert f'mc admin user add platform "$MINIO_{role.upper()}_ACCESS_KEY"' in text
 
 
 def test_render_refuses_a_role_without_keys(tmp_path):
@@ -110,18 +122,36 @@ def test_render_refuses_a_role_without_keys(tmp_path):
     assert result.stderr.strip() == "roles: MINIO_STAGER_ACCESS_KEY is not set: every role needs its own keys"
 
 
-def test_the_check_finds_every_role_allowed_exactly_its_grants(role_server):
-    env = {**os.environ, **roles_env(role_server.endpoint, ROLE_KEYS["discovery"])}
+def test_the_check_finds_every_role_allowed_exactly_its_grants_and_leaves_nothing_behind(role_server):
+    root = role_server.client()
+    root.put_object(Bucket=BUCKET, Key="inbox/acme/x/y/kept.csv", Body=b"partner data\n")
+    env = {**os.environ, **roles_env(role_server.endpoint)}
     result = subprocess.run(
         [sys.executable, "-m", "workers.roles", "check"], env=env, capture_output=True, text=True, timeout=120
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == len(roles.GRANTS) * 3 * 3 and all(line.startswith("ok ") for line in lines)
-    assert "ok  heartbeat  Write bootstrap allowed" in result.stdout
-    assert "ok  discovery  Read  raw       refused" in result.stdout
+    assert len(lines) == len(roles.GRANTS) * len(roles.PROBES) * len(roles.AREAS)
+    assert all(line.startswith("ok ") for line in lines)
+    for line in (
+        "ok  heartbeat  Write       bootstrap allowed",
+        "ok  sensor     Read        inbox     refused",
+        "ok  classifier Read        inbox     refused",
+        "ok  stager     Write       inbox     refused",
+        "ok  stager     Delete      inbox     allowed",
+        "ok  stager     Overwrite   raw       allowed",
+        "ok  registrar  Delete      raw       refused",
+        "ok  sensor     ListUploads inbox     allowed",
+        "ok  classifier ListUploads inbox     refused",
+        "ok  layouts    List        inbox     refused",
+    ):
+        assert line in result.stdout
     assert not [value for value in env.values() if len(value) >= 16 and value in result.stdout + result.stderr]
+    # Only the check's own objects were touched, and none is left.
+    listed = [o["Key"] for o in root.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert listed == ["inbox/acme/x/y/kept.csv"]
+    root.delete_object(Bucket=BUCKET, Key="inbox/acme/x/y/kept.csv")
 
 
 def test_the_check_reports_a_server_that_grants_more_than_the_roles_say(s3_server, bucket):
@@ -137,7 +167,8 @@ def test_the_check_reports_a_server_that_grants_more_than_the_roles_say(s3_serve
     )
 
     assert result.returncode == 1
-    assert "BAD discovery  Write inbox     allowed (expected refused)" in result.stdout
+    assert "BAD sensor     Write       inbox     allowed (expected refused)" in result.stdout
+    assert "BAD stager     Delete      raw       allowed (expected refused)" in result.stdout
     assert "not as granted" in result.stderr
 
 
@@ -154,18 +185,33 @@ def test_each_role_is_refused_outside_its_permissions(role_server):
     root.put_object(Bucket=BUCKET, Key="inbox/acme/x/a.csv", Body=b"a\n")
     root.put_object(Bucket=BUCKET, Key="raw/acme/x/a.csv", Body=b"a\n")
     root.put_object(Bucket=BUCKET, Key="bootstrap/hello.txt", Body=b"hi\n")
-    discovery, registrar, stager, heartbeat, auditor = (
-        client_as(role_server, r) for r in ("discovery", "registrar", "stager", "heartbeat", "auditor")
+    sensor, classifier, layouts_role, registrar, stager, heartbeat, auditor = (
+        client_as(role_server, r)
+        for r in ("sensor", "classifier", "layouts", "registrar", "stager", "heartbeat", "auditor")
     )
     inbox_file = {"Bucket": BUCKET, "Key": "inbox/acme/x/a.csv"}
+    raw_file = {"Bucket": BUCKET, "Key": "raw/acme/x/a.csv"}
     attempts = {
-        "discovery puts into the inbox": lambda: discovery.put_object(Bucket=BUCKET, Key="inbox/acme/x/b", Body=b""),
-        "discovery deletes from the inbox": lambda: discovery.delete_object(**inbox_file),
-        "discovery reads the raw zone": lambda: discovery.get_object(Bucket=BUCKET, Key="raw/acme/x/a.csv"),
-        "discovery lists the raw zone": lambda: discovery.list_objects_v2(Bucket=BUCKET, Prefix="raw/"),
-        "discovery lists the whole bucket": lambda: discovery.list_objects_v2(Bucket=BUCKET),
+        "sensor reads an inbox body": lambda: sensor.get_object(**inbox_file),
+        "sensor heads an inbox object": lambda: sensor.head_object(**inbox_file),
+        "sensor puts into the inbox": lambda: sensor.put_object(Bucket=BUCKET, Key="inbox/acme/x/b", Body=b""),
+        "sensor deletes from the inbox": lambda: sensor.delete_object(**inbox_file),
+        "sensor lists the raw zone": lambda: sensor.list_objects_v2(Bucket=BUCKET, Prefix="raw/"),
+        "sensor lists the whole bucket": lambda: sensor.list_objects_v2(Bucket=BUCKET),
+        "sensor lists every upload": lambda: sensor.list_multipart_uploads(Bucket=BUCKET),
+        "classifier reads an inbox body": lambda: classifier.get_object(**inbox_file),
+        "classifier lists uploads": lambda: classifier.list_multipart_uploads(Bucket=BUCKET, Prefix="inbox/"),
+        "layouts lists the inbox": lambda: layouts_role.list_objects_v2(Bucket=BUCKET, Prefix="inbox/"),
+        "layouts reads the inbox": lambda: layouts_role.get_object(**inbox_file),
         "registrar deletes from the inbox": lambda: registrar.delete_object(**inbox_file),
+        "registrar deletes from the raw zone": lambda: registrar.delete_object(**raw_file),
+        "registrar writes into the inbox": lambda: registrar.put_object(Bucket=BUCKET, Key="inbox/acme/x/b", Body=b""),
         "registrar writes bootstrap/": lambda: registrar.put_object(Bucket=BUCKET, Key="bootstrap/x", Body=b""),
+        "stager writes into the inbox": lambda: stager.put_object(Bucket=BUCKET, Key="inbox/acme/x/b", Body=b""),
+        "stager copies into the inbox": lambda: stager.copy_object(
+            Bucket=BUCKET, Key="inbox/acme/x/copy.csv", CopySource=raw_file
+        ),
+        "stager deletes from the raw zone": lambda: stager.delete_object(**raw_file),
         "stager writes bootstrap/": lambda: stager.put_object(Bucket=BUCKET, Key="bootstrap/x", Body=b""),
         "stager reads bootstrap/": lambda: stager.get_object(Bucket=BUCKET, Key="bootstrap/hello.txt"),
         "stager copies bootstrap/ into raw": lambda: stager.copy_object(
@@ -178,8 +224,11 @@ def test_each_role_is_refused_outside_its_permissions(role_server):
         "heartbeat lists the inbox": lambda: heartbeat.list_objects_v2(Bucket=BUCKET, Prefix="inbox/"),
         "heartbeat writes the raw zone": lambda: heartbeat.put_object(Bucket=BUCKET, Key="raw/acme/x/b", Body=b""),
         "heartbeat reads back bootstrap/": lambda: heartbeat.get_object(Bucket=BUCKET, Key="bootstrap/hello.txt"),
+        "stager lists the inbox": lambda: stager.list_objects_v2(Bucket=BUCKET, Prefix="inbox/"),
+        "auditor lists the raw zone": lambda: auditor.list_objects_v2(Bucket=BUCKET, Prefix="raw/"),
+        "heartbeat deletes bootstrap/": lambda: heartbeat.delete_object(Bucket=BUCKET, Key="bootstrap/hello.txt"),
         "auditor writes the raw zone": lambda: auditor.put_object(Bucket=BUCKET, Key="raw/acme/x/b", Body=b""),
-        "auditor deletes from the raw zone": lambda: auditor.delete_object(Bucket=BUCKET, Key="raw/acme/x/a.csv"),
+        "auditor deletes from the raw zone": lambda: auditor.delete_object(**raw_file),
         "auditor reads the inbox": lambda: auditor.get_object(**inbox_file),
     }
     allowed = [what for what, operation in attempts.items() if not refused(operation)]
@@ -187,19 +236,30 @@ def test_each_role_is_refused_outside_its_permissions(role_server):
     assert allowed == []
     # Nothing a refused call touched has changed.
     assert root.get_object(**inbox_file)["Body"].read() == b"a\n"
-    assert root.get_object(Bucket=BUCKET, Key="raw/acme/x/a.csv")["Body"].read() == b"a\n"
+    assert root.get_object(**raw_file)["Body"].read() == b"a\n"
     listed = [o["Key"] for o in root.list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert sorted(listed) == ["bootstrap/hello.txt", "inbox/acme/x/a.csv", "raw/acme/x/a.csv"]
     # ...and what the roles are for is allowed.
+    assert [o["Key"] for o in sensor.list_objects_v2(Bucket=BUCKET, Prefix="inbox/")["Contents"]] == [inbox_file["Key"]]
     heartbeat.put_object(Bucket=BUCKET, Key="bootstrap/hello.txt", Body=b"hi again\n")
     stager.copy_object(Bucket=BUCKET, Key="raw/acme/x/c.csv", CopySource=inbox_file)
     assert auditor.get_object(Bucket=BUCKET, Key="raw/acme/x/c.csv")["Body"].read() == b"a\n"
-    for key in ("inbox/acme/x/a.csv", "raw/acme/x/a.csv", "raw/acme/x/c.csv", "bootstrap/hello.txt"):
+    stager.delete_object(**inbox_file)
+    for key in ("raw/acme/x/a.csv", "raw/acme/x/c.csv", "bootstrap/hello.txt"):
         root.delete_object(Bucket=BUCKET, Key=key)
 
 
+def test_a_missing_key_answers_not_found_to_a_role_that_may_read_there_without_listing(role_server):
+    # The stager's re-run checks and the audit's "missing" finding read a 404, and neither may list.
+    stager, auditor = client_as(role_server, "stager"), client_as(role_server, "auditor")
+    for s3, key in ((stager, "inbox/acme/x/gone.csv"), (stager, "raw/acme/x/gone.csv"), (auditor, "raw/gone.csv")):
+        with pytest.raises(ClientError) as raised:
+            s3.head_object(Bucket=BUCKET, Key=key)
+        assert raised.value.response["Error"]["Code"] in ("404", "NoSuchKey"), key
+
+
 def test_a_worker_holding_another_roles_keys_is_refused_and_writes_nothing(role_env):
-    # The heartbeat worker with the discovery keys: its PutObject under bootstrap/ is refused.
+    # The heartbeat worker with the sensor's keys: its PutObject under bootstrap/ is refused.
     env = {**os.environ, **role_env}
     result = subprocess.run(
         [sys.executable, "-m", "workers.heartbeat"], env=env, capture_output=True, text=True, timeout=120
@@ -216,14 +276,19 @@ def test_a_worker_holding_another_roles_keys_is_refused_and_writes_nothing(role_
 def test_the_launcher_hands_each_worker_its_roles_keys_only():
     env = {"MINIO_ACCESS_KEY": "orchestrator", "MINIO_SECRET_KEY": "orchestrator-secret", **role_variables()}
 
-    for worker, role in {"stager": "stager", "audit": "auditor", "classifier": "discovery"}.items():
-        given = connection_env(worker, env)
+    for name, role in {
+        "stager": "stager",
+        "audit": "auditor",
+        "classifier": "classifier",
+        "layouts": "layouts",
+    }.items():
+        given = worker_env(worker(name), env)
         assert (given["MINIO_ACCESS_KEY"], given["MINIO_SECRET_KEY"]) == ROLE_KEYS[role]
         assert not any(name.startswith(("MINIO_STAGER", "MINIO_AUDITOR")) for name in given)
     # Without role keys (dev mode) every worker gets the one key pair.
-    assert connection_env("stager", {"MINIO_ACCESS_KEY": "a", "MINIO_SECRET_KEY": "b"})["MINIO_ACCESS_KEY"] == "a"
+    assert worker_env(worker("stager"), {"MINIO_ACCESS_KEY": "a", "MINIO_SECRET_KEY": "b"})["MINIO_ACCESS_KEY"] == "a"
     with pytest.raises(Exception, match="MINIO_STAGER_SECRET_KEY is not set, but its pair is"):
-        connection_env("stager", {"MINIO_STAGER_ACCESS_KEY": "a"})
+        worker_env(worker("stager"), {"MINIO_STAGER_ACCESS_KEY": "a"})
 
 
 def test_the_intake_runs_end_to_end_with_each_worker_under_its_role(role_env, role_server):
@@ -234,7 +299,7 @@ def test_the_intake_runs_end_to_end_with_each_worker_under_its_role(role_env, ro
     drop_files(root, BUCKET, GROUP, {"medical_claims.csv": b"m,a\n1,2\n", "ref/codes.txt": b"A1\n"})
     instance = dg.DagsterInstance.ephemeral()
 
-    # The sensor runs in the Dagster process, under the discovery role.
+    # The sensor runs in the Dagster process, under the sensor role.
     tick = inbox_discovery_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
     (request,) = tick.run_requests
     result = register_submission_from_group_job.execute_in_process(
@@ -259,6 +324,7 @@ def test_the_role_table_names_only_areas_it_can_resolve():
 
 
 def test_a_worker_without_a_role_gets_the_launching_process_keys():
-    env = {"MINIO_ACCESS_KEY": "discovery-key", "MINIO_SECRET_KEY": "discovery-secret", **role_variables()}
-    given = connection_env("some_new_worker", env)
-    assert (given["MINIO_ACCESS_KEY"], given["MINIO_SECRET_KEY"]) == ("discovery-key", "discovery-secret")
+    env = {"MINIO_ACCESS_KEY": "sensor-key", "MINIO_SECRET_KEY": "sensor-secret", **role_variables()}
+    new_worker = Worker("some_new_worker", image="heartbeat", s3_role="some_new_worker", db_role="heartbeat")
+    given = worker_env(new_worker, env)
+    assert (given["MINIO_ACCESS_KEY"], given["MINIO_SECRET_KEY"]) == ("sensor-key", "sensor-secret")

@@ -34,7 +34,8 @@ class Worker:
 
     name: str
     image: str
-    s3_role: str
+    s3_role: str  # workers.roles.GRANTS
+    db_role: str  # workers.db_roles.DB_GRANTS
     intake_settings: tuple[str, ...] = ()
 
     @property
@@ -53,11 +54,12 @@ class Worker:
 WORKERS: dict[str, Worker] = {
     worker.name: worker
     for worker in (
-        Worker("heartbeat", image="heartbeat", s3_role="heartbeat"),
+        Worker("heartbeat", image="heartbeat", s3_role="heartbeat", db_role="heartbeat"),
         Worker(
             "classifier",
             image="classifier",
-            s3_role="discovery",
+            s3_role="classifier",
+            db_role="classifier",
             intake_settings=("INBOX_PREFIX", "GROUP_BY_DEPTH", "MARKER_FILE", "CLASSIFIER_IMPL"),
         ),
         # Run by hand without a file list, the registrar classifies the group itself.
@@ -65,11 +67,18 @@ WORKERS: dict[str, Worker] = {
             "registrar",
             image="registrar",
             s3_role="registrar",
+            db_role="registrar",
             intake_settings=("INBOX_PREFIX", "GROUP_BY_DEPTH", "MARKER_FILE", "RAW_PREFIX", "CLASSIFIER_IMPL"),
         ),
-        Worker("stager", image="stager", s3_role="stager", intake_settings=("RAW_PREFIX", "STAGER_DELETE_INBOX")),
-        Worker("layouts", image="classifier", s3_role="discovery"),
-        Worker("audit", image="stager", s3_role="auditor"),
+        Worker(
+            "stager",
+            image="stager",
+            s3_role="stager",
+            db_role="stager",
+            intake_settings=("RAW_PREFIX", "STAGER_DELETE_INBOX"),
+        ),
+        Worker("layouts", image="classifier", s3_role="layouts", db_role="layouts"),
+        Worker("audit", image="stager", s3_role="auditor", db_role="auditor"),
     )
 }
 # The images built (images/worker.Dockerfile has one stage per image, docker-compose.yml one service).

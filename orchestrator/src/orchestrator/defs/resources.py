@@ -17,6 +17,7 @@ import dagster as dg
 import docker.errors
 from dagster_pipes import DagsterPipesError
 from workers.catalogue import Worker, worker
+from workers.db_roles import db_url_for
 from workers.roles import role_credentials
 from workers.runtime import RESULT_MARKER
 from workers.settings import LaunchSettings, SettingsError, load_launch_settings
@@ -141,12 +142,15 @@ def docker_problem(exc: Exception) -> str:
 
 
 def worker_env(entry: Worker, env: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The settings the worker declares, from `env`, with its role's object-store keys where they are
-    set. A worker without keys of its own gets the launching process's (dev mode: one pair for all)."""
+    """The settings the worker declares, from `env`, with its roles' object-store keys and metadata-DB
+    URL where they are set. Where they are not (dev mode), the worker gets the launching process's."""
     values = {name: env[name] for name in entry.settings if name in env}
     keys = role_credentials(entry.s3_role, env)
     if keys is not None:
         values["MINIO_ACCESS_KEY"], values["MINIO_SECRET_KEY"] = keys
+    url = db_url_for(entry.db_role, env)
+    if url is not None:
+        values["METADATA_DB_URL"] = url
     return values
 
 
