@@ -73,3 +73,13 @@ def registered_files(db_url: str) -> list[str]:
 
 def keys(s3, bucket: str, prefix: str) -> list[str]:
     return sorted(obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
+
+
+def assert_every_setting_took_effect(outcome: IntakeOutcome) -> None:
+    assert outcome.succeeded, outcome.failures
+    assert outcome.classifier_reported == NON_DEFAULT_INTAKE["CLASSIFIER_IMPL"]
+    # GROUP_BY_DEPTH=4 and INBOX_PREFIX made the group; MARKER_FILE kept READY.flag out of the data.
+    assert outcome.registered_files == [GROUP + "medical_claims.csv"]
+    # RAW_PREFIX: staged under vault/; STAGER_DELETE_INBOX=false: the inbox copies stay.
+    assert [key.rsplit("/", 1)[1] for key in outcome.raw_keys] == ["_manifest.generated.json", "medical_claims.csv"]
+    assert outcome.inbox_keys == [GROUP + "READY.flag", GROUP + "medical_claims.csv"]

@@ -5,7 +5,7 @@ tests/docker/test_worker_settings_in_containers.py runs the same scenario in con
 from orchestrator.defs.resources import worker_env
 from workers.catalogue import CONNECTION, WORKERS, worker
 
-from tests.intake_scenarios import GROUP, NON_DEFAULT_INTAKE, run_with_non_default_settings
+from tests.intake_scenarios import NON_DEFAULT_INTAKE, assert_every_setting_took_effect, run_with_non_default_settings
 
 LAUNCHER_ONLY = {
     "WORKER_LAUNCH_MODE": "docker",
@@ -30,12 +30,4 @@ def test_a_worker_gets_its_roles_keys_instead_of_the_launchers():
 
 
 def test_every_intake_setting_reaches_the_worker_processes(synced_layouts, s3_server, monkeypatch):
-    outcome = run_with_non_default_settings(monkeypatch, synced_layouts, s3_server.client())
-
-    assert outcome.succeeded, outcome.failures
-    assert outcome.classifier_reported == NON_DEFAULT_INTAKE["CLASSIFIER_IMPL"]
-    # GROUP_BY_DEPTH=4 and INBOX_PREFIX made the group; MARKER_FILE kept READY.flag out of the data.
-    assert outcome.registered_files == [GROUP + "medical_claims.csv"]
-    # RAW_PREFIX: staged under vault/; STAGER_DELETE_INBOX=false: the inbox copies stay.
-    assert [key.rsplit("/", 1)[1] for key in outcome.raw_keys] == ["_manifest.generated.json", "medical_claims.csv"]
-    assert outcome.inbox_keys == [GROUP + "READY.flag", GROUP + "medical_claims.csv"]
+    assert_every_setting_took_effect(run_with_non_default_settings(monkeypatch, synced_layouts, s3_server.client()))
