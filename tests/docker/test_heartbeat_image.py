@@ -6,7 +6,7 @@
 import json
 
 import sqlalchemy as sa
-from orchestrator.defs.resources import wait_for_exit
+from orchestrator.defs.dagster_internals import wait_for_exit
 
 from tests.conftest import S3Server, platform_environment
 from tests.docker.conftest import image_name

@@ -1,7 +1,7 @@
 """The images: each builds, each worker image explains itself, none runs as root."""
 
 import pytest
-from orchestrator.defs.resources import wait_for_exit
+from orchestrator.defs.dagster_internals import wait_for_exit
 
 from tests.docker.conftest import WORKERS, image_name
 
