@@ -20,11 +20,11 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable, never its value."""
 
 
+# No credential has a default: dev mode's keys are in its own env file (dev_up.sh writes
+# .local/dev.env), Docker mode's in .env; a process without them fails naming the variable.
 DEFAULTS = {
     "METADATA_DB_URL": "sqlite:///.local/metadata.db",
     "MINIO_ENDPOINT": "http://127.0.0.1:9000",
-    "MINIO_ACCESS_KEY": "minioadmin",
-    "MINIO_SECRET_KEY": "minioadmin",
     "MINIO_BUCKET": "health-raw",
     "MINIO_REGION": "us-east-1",
 }
@@ -39,6 +39,13 @@ class Settings:
     bucket: str
     region: str
 
+    def __repr__(self) -> str:
+        # The metadata DB URL can carry a password: shown masked, as SQLAlchemy renders it.
+        return (
+            f"Settings(metadata_db_url={masked_db_url(self.metadata_db_url)!r}, s3_endpoint={self.s3_endpoint!r}, "
+            f"bucket={self.bucket!r}, region={self.region!r})"
+        )
+
     @property
     def endpoint_host(self) -> str:
         return urlsplit(self.s3_endpoint).netloc
@@ -46,6 +53,13 @@ class Settings:
     @property
     def db_dialect(self) -> str:
         return make_url(self.metadata_db_url).get_backend_name()
+
+
+def masked_db_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a database URL)"
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
