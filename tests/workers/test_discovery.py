@@ -22,7 +22,7 @@ from workers.discovery import (
     list_uploads,
     load_state,
 )
-from workers.inbox import InboxObject
+from workers.inbox import InboxObject, group_id
 from workers.settings import load_intake_settings
 
 from tests.conftest import S3Server
@@ -135,10 +135,11 @@ def test_a_late_file_gives_a_new_run_key_for_the_same_group():
     assert late.run_key != first.run_key
 
 
-def test_the_run_key_is_the_grouping_key_and_the_fingerprint():
+def test_the_run_key_is_the_groups_id_and_the_fingerprint_never_the_key():
     complete = ticks((0, [obj(DROP + "_SUCCESS")])).complete[0]
 
-    assert complete.run_key == f"{DROP}@{complete.fingerprint[:16]}"
+    assert complete.run_key == f"{group_id(DROP)}@{complete.fingerprint[:16]}"
+    assert "drop-001" not in complete.run_key
 
 
 def test_an_upload_in_progress_holds_a_marked_group_open():
@@ -201,13 +202,22 @@ def test_groups_no_longer_listed_are_dropped_from_the_state():
 
 
 def test_odd_keys_group_by_their_segments():
-    odd = "inbox/açme corp/+%20/dröp\x01 1/файл name+%.csv"
+    odd = "inbox/açme corp/+%20/dröp 1/файл name+%.csv"
 
-    evaluation = ticks((0, [obj(odd), obj("inbox/açme corp/+%20/dröp\x01 1/_SUCCESS")]))
+    evaluation = ticks((0, [obj(odd), obj("inbox/açme corp/+%20/dröp 1/_SUCCESS")]))
 
     (complete,) = evaluation.complete
-    assert complete.group.grouping_key == "inbox/açme corp/+%20/dröp\x01 1/"
-    assert complete.group.submitter_id == "açme corp" and complete.group.drop_id == "dröp\x01 1"
+    assert complete.group.grouping_key == "inbox/açme corp/+%20/dröp 1/"
+    assert complete.group.submitter_id == "açme corp" and complete.group.drop_id == "dröp 1"
+
+
+def test_unsafe_keys_form_no_group_and_are_reported_with_the_shallow_ones():
+    unsafe = [DROP + "a\x01.csv", DROP + "sub/../x.csv", DROP + "a\\b.csv", "inbox/acme/unknown/d\t2/x.csv"]
+
+    evaluation = ticks((0, [obj(key) for key in unsafe] + [obj(DROP + "ok.csv")]))
+
+    assert evaluation.shallow_keys == unsafe
+    assert list(evaluation.state) == [DROP]
 
 
 def test_grouping_follows_the_configured_depth_and_prefix():

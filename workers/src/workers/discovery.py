@@ -17,7 +17,7 @@ from urllib.parse import unquote_plus
 
 from botocore.exceptions import ClientError
 
-from workers.inbox import Group, InboxObject, fingerprint, group_of
+from workers.inbox import Group, InboxObject, fingerprint, group_id, group_of
 from workers.settings import IntakeSettings
 
 MARKER = "marker"
@@ -52,8 +52,9 @@ class CompleteGroup:
 
     @property
     def run_key(self) -> str:
-        """Identity + version: the same content never registers twice, a late file registers anew."""
-        return f"{self.group.grouping_key}@{self.fingerprint[:16]}"
+        """Identity + version: the same content never registers twice, a late file registers anew.
+        The group's id, not its key: run keys are shown and stored where keys must not go."""
+        return f"{group_id(self.group.grouping_key)}@{self.fingerprint[:16]}"
 
 
 @dataclass(frozen=True)
