@@ -178,7 +178,8 @@ def test_calling_the_sensor_directly_returns_the_run_requests_and_cursor(inbox, 
 
     assert isinstance(result, dg.SensorResult)
     assert [request_config(r)["grouping_key"] for r in result.run_requests] == [DROP]
-    assert load_state(result.cursor)[DROP].requested
+    assert load_state(result.cursor)[group_id(DROP)].requested
+    assert DROP not in result.cursor
 
 
 def test_a_tick_without_complete_groups_says_what_it_waits_for(inbox, clock, ticks):
@@ -313,7 +314,7 @@ def test_odd_keys_keep_their_grouping_key_and_get_valid_tags(inbox, clock, ticks
     for request in result.run_requests:
         assert STRICT_TAG_VALUE.fullmatch(request.tags["health-intake/submitter"])
         assert STRICT_TAG_VALUE.fullmatch(request.tags["health-intake/group"])
-    assert load_state(result.cursor)[odd].requested
+    assert load_state(result.cursor)[group_id(odd)].requested
 
 
 def test_distinct_odd_ids_get_distinct_tag_values():
@@ -340,7 +341,7 @@ def test_groups_no_longer_in_the_inbox_leave_the_cursor(inbox, clock, ticks):
     inbox.delete(DROP + "_SUCCESS")
     ticks.tick()
 
-    assert list(load_state(ticks.cursor)) == ["inbox/beta/lab/d2/"]
+    assert list(load_state(ticks.cursor)) == [group_id("inbox/beta/lab/d2/")]
 
 
 def test_an_unreadable_cursor_is_warned_about_and_replaced(inbox, clock, ticks):

@@ -1,7 +1,8 @@
 """After the whole intake with sentinel credentials, a sentinel in a file's body and a sentinel in
 object keys (a file name and a drop folder name), no sentinel appears in Dagster's event log, run
-storage, run configs, tags and run keys, compute logs, worker output or error messages; the key
-sentinel only in the one place the run config contract puts it, the run config's grouping_key.
+storage, run configs, tags, run keys, sensor cursors, compute logs, worker output or error
+messages; the key sentinel only in the one place the run config contract puts it, the run
+config's grouping_key.
 
 Runs in both launch modes: worker processes, and worker containers (the Docker launcher on the
 host's network, as tests/docker does it).
@@ -104,6 +105,7 @@ class Intake:
     def __init__(self, instance: dg.DagsterInstance, launcher: WorkerLauncher):
         self.instance, self.launcher = instance, launcher
         self.cursor: str | None = None
+        self.cursors: list[str] = []  # Dagster stores each and shows the latest on the sensor's page
         self.run_keys: list[str] = []
         self.errors: list[str] = []
 
@@ -111,6 +113,7 @@ class Intake:
         context = dg.build_sensor_context(instance=self.instance, definitions=defs, cursor=self.cursor)
         result = inbox_discovery_sensor.evaluate_tick(context)
         self.cursor = result.cursor
+        self.cursors.append(result.cursor)
         self.run_keys += [r.run_key for r in result.run_requests]
         return result.run_requests
 
@@ -212,7 +215,7 @@ def test_no_credential_file_content_or_object_key_leaves_the_metadata_db_and_obj
     leaks = {
         "dagster home (event log, compute logs, run storage)": sentinels_under(home),
         "run configs (but their grouping_key) and tags": sentinels_in(configs_and_tags),
-        "sensor run keys": sentinels_in(repr(intake.run_keys)),
+        "sensor run keys and cursors": sentinels_in(repr([*intake.run_keys, *intake.cursors])),
         "event log entries (metadata, observations, logs)": sentinels_in(events),
         "worker and orchestrator output": sentinels_in(output.out + output.err),
         "error messages (steps, workers, a failed tick's SQL error)": sentinels_in(repr([*intake.errors, error])),
