@@ -1,5 +1,12 @@
 import pytest
-from workers.settings import DEFAULTS, DbConnectSettings, SettingsError, load_db_connect_settings, load_settings
+from workers.settings import (
+    DEFAULTS,
+    DbConnectSettings,
+    SettingsError,
+    load_db_connect_settings,
+    load_metadata_db_url,
+    load_settings,
+)
 
 KEYS = {"MINIO_ACCESS_KEY": "access", "MINIO_SECRET_KEY": "secret"}
 
@@ -16,6 +23,10 @@ def test_no_object_store_key_has_a_default_a_missing_one_fails_naming_it(name):
     with pytest.raises(SettingsError) as excinfo:
         load_settings({k: v for k, v in KEYS.items() if k != name})
     assert str(excinfo.value) == f"{name} is empty or unset"
+
+
+def test_migrations_need_only_the_database_url():
+    assert load_metadata_db_url({"METADATA_DB_URL": "sqlite:///m.db"}) == "sqlite:///m.db"
 
 
 def test_no_credential_default_is_left_in_the_code():

@@ -74,6 +74,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
 
 
+def load_metadata_db_url(env: Mapping[str, str] | None = None) -> str:
+    """METADATA_DB_URL alone, for what needs only the database (migrations): no object-store keys."""
+    return _db_url(os.environ if env is None else env)
+
+
 def _required(env: Mapping[str, str], name: str) -> str:
     value = env.get(name, DEFAULTS.get(name, "")).strip()
     if not value:
