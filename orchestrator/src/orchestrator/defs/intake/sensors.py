@@ -25,7 +25,7 @@ from workers.store import make_s3_client
 from orchestrator.defs.intake import jobs
 from workers import discovery
 
-SHOWN_KEYS = 5
+SHOWN_NAMES = 5
 # Dagster's strict tag value form, so the tags filter and display everywhere.
 STRICT_TAG_VALUE = re.compile(r"[A-Za-z0-9_.-]{0,63}")
 NOT_IN_TAG_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -137,8 +137,8 @@ def waiting_summary(evaluation: discovery.Evaluation) -> str:
 
 
 def first(names: list[str]) -> str:
-    more = f" and {len(names) - SHOWN_KEYS} more" if len(names) > SHOWN_KEYS else ""
-    return ", ".join(names[:SHOWN_KEYS]) + more
+    more = f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else ""
+    return ", ".join(names[:SHOWN_NAMES]) + more
 
 
 def run_request(complete: discovery.CompleteGroup) -> dg.RunRequest:
