@@ -15,7 +15,10 @@ DAGSTER_PORT=${DAGSTER_PORT:-3000}
 port_busy "$DAGSTER_PORT" && die "port $DAGSTER_PORT is busy (another dagster dev?). Stop it, or run DAGSTER_PORT=3001 ./dev_up.sh"
 
 scripts/install.sh
+# .local holds the dev keys (dev.env), the metadata DB and the S3 data: PHI once partners' files
+# arrive. Private to this user, also when an earlier run created it with looser modes.
 mkdir -p .local .dagster_home
+chmod 700 .local
 [ -f .dagster_home/dagster.yaml ] || printf 'telemetry:\n  enabled: false\n' > .dagster_home/dagster.yaml
 
 # The environment every dev shell shares; the README's "in another shell" step sources it.
@@ -40,6 +43,7 @@ for name in INBOX_PREFIX GROUP_BY_DEPTH MARKER_FILE QUIESCENCE_MINUTES ABANDONED
             STAGER_DELETE_INBOX CLASSIFIER_IMPL SENSOR_INTERVAL_SECONDS; do
   if [ -n "${!name:-}" ]; then printf 'export %s=%q\n' "$name" "${!name}" >> .local/dev.env; fi
 done
+chmod 600 .local/dev.env
 umask 022
 # shellcheck source=/dev/null
 source .local/dev.env

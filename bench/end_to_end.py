@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
+from workers.inbox import group_id
 
 from bench.services import REPO
 from tests.services import DevUpProcess, fresh_copy
@@ -52,7 +53,7 @@ INSTALL_INPUTS = ("constraints.txt", "workers/pyproject.toml", "orchestrator/pyp
 class DevUp(DevUpProcess):
     def staged(self) -> dict[str, datetime]:
         """grouping key -> staged_at, from the dev metadata DB (SQLite)."""
-        engine = sa.create_engine(f"sqlite:///{self.copy / '.local/metadata.db'}")
+        engine = sa.create_engine(f"sqlite:///{self.copy / '.local/metadata.db'}", hide_parameters=True)
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT grouping_key, staged_at FROM submission WHERE status = 'staged'"))
             result = {key: as_utc(value) for key, value in rows}
@@ -86,7 +87,7 @@ def wait_staged(platform: DevUp, keys: set[str], timeout: float) -> dict[str, da
             return {k: staged[k] for k in keys}
         if time.monotonic() > deadline:
             runs = platform.graphql(RUNS_QUERY)["runsOrError"]["results"]
-            statuses = sorted(f"{tag_value(run, 'health-intake/drop')}: {run['status']}" for run in runs)
+            statuses = sorted(f"{tag_value(run, 'health-intake/group')}: {run['status']}" for run in runs)
             raise RuntimeError(
                 f"{len(keys - staged.keys())} of {len(keys)} drops not staged in {timeout:.0f} s; runs: {statuses}; "
                 f"dagster.log ends: {(platform.copy / '.local/dagster.log').read_text()[-3000:]}"
@@ -96,10 +97,10 @@ def wait_staged(platform: DevUp, keys: set[str], timeout: float) -> dict[str, da
 
 def run_breakdown(platform: DevUp, markers: dict[str, float], staged: dict[str, datetime]) -> list[dict]:
     """Per drop: marker -> run created (sensor) -> first step starts (run start-up) -> steps -> staged."""
-    by_drop = finished_runs(platform, {drop_id(key) for key in markers})
+    by_group = finished_runs(platform, {group_id(key) for key in markers})
     rows = []
     for key, marker_at in markers.items():
-        run = by_drop[drop_id(key)]
+        run = by_group[group_id(key)]
         steps = [s for s in run["stepStats"] if s["startTime"] and s["endTime"]]
         first_step = min(s["startTime"] for s in steps)
         latency = staged[key].timestamp() - marker_at
@@ -160,20 +161,16 @@ def start_up_parts(run: dict, first_step: float) -> dict[str, float]:
     }
 
 
-def drop_id(grouping_key: str) -> str:
-    return grouping_key.rstrip("/").rsplit("/", 1)[-1]
-
-
-def finished_runs(platform: DevUp, drops: set[str], timeout: float = 120) -> dict[str, dict]:
-    """drop id -> its successful run; the submission is staged a moment before its run ends."""
+def finished_runs(platform: DevUp, groups: set[str], timeout: float = 120) -> dict[str, dict]:
+    """group id -> its successful run; the submission is staged a moment before its run ends."""
     deadline = time.monotonic() + timeout
     while True:
         runs = platform.graphql(RUNS_QUERY)["runsOrError"]["results"]
-        by_drop = {tag_value(run, "health-intake/drop"): run for run in runs if run["status"] == "SUCCESS"}
-        if drops <= by_drop.keys():
-            return by_drop
+        by_group = {tag_value(run, "health-intake/group"): run for run in runs if run["status"] == "SUCCESS"}
+        if groups <= by_group.keys():
+            return by_group
         if time.monotonic() > deadline:
-            raise RuntimeError(f"runs for {sorted(drops - by_drop.keys())} did not succeed in {timeout:.0f} s")
+            raise RuntimeError(f"runs for {sorted(groups - by_group.keys())} did not succeed in {timeout:.0f} s")
         time.sleep(0.5)
 
 

@@ -42,7 +42,7 @@ def memory_bytes() -> int:
 
 def postgres_version() -> str:
     try:
-        engine = sa.create_engine(PG_ADMIN_URL)
+        engine = sa.create_engine(PG_ADMIN_URL, hide_parameters=True)
         with engine.connect() as conn:
             version = conn.execute(sa.text("SHOW server_version")).scalar()
         engine.dispose()

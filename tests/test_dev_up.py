@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -80,6 +81,7 @@ def test_readme_documents_the_commands_this_test_runs():
 def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
     seconds = dev_up.start(timeout=900)
     print(f"fresh ./dev_up.sh to a live UI: {seconds:.0f} s")
+    assert private_modes(dev_up.copy) == (0o700, 0o600)
 
     done = in_dev_shell(dev_up.copy, MATERIALIZE)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -131,6 +133,36 @@ def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
     RAN.add("./dev_up.sh")
     untested = [c for c in readme_commands() if c not in RAN and c != "make test"]
     assert untested == [], "README commands this test does not run"
+
+
+def private_modes(copy: Path) -> tuple[int, int]:
+    return (copy / ".local").stat().st_mode & 0o777, (copy / ".local/dev.env").stat().st_mode & 0o777
+
+
+def test_dev_up_makes_local_private_even_when_it_was_created_open(tmp_path):
+    """Cheap: the repository's own .venv (already installed, so install.sh skips pip) and an S3
+    endpoint that cannot answer, so dev_up.sh stops right after writing .local/."""
+    copy = fresh_copy(tmp_path / "copy")
+    (copy / ".venv").symlink_to(REPO / ".venv")
+    (copy / ".local").mkdir(mode=0o755)
+    (copy / ".local").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("METADATA_", "MINIO_", "DAGSTER_"))}
+    done = subprocess.run(
+        ["./dev_up.sh"],
+        cwd=copy,
+        env={**env, "MINIO_ENDPOINT": "http://s3.invalid:9000", "DAGSTER_PORT": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "nothing answers at MINIO_ENDPOINT=http://s3.invalid:9000" in done.stderr, done.stderr[-2000:]
+    assert private_modes(copy) == (0o700, 0o600)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def walk_through_by_hand(dev_up: DevUpProcess) -> None:

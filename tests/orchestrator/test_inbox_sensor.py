@@ -22,6 +22,7 @@ from orchestrator.definitions import defs
 from orchestrator.defs.intake import sensors
 from orchestrator.defs.intake.sensors import inbox_discovery_sensor, sensor_interval_seconds
 from workers.discovery import load_state
+from workers.inbox import file_id, group_id
 from workers.settings import SettingsError
 
 from tests.conftest import migrate, platform_environment
@@ -154,16 +155,20 @@ def test_a_malformed_interval_names_the_variable():
         sensor_interval_seconds({"SENSOR_INTERVAL_SECONDS": "soon"})
 
 
-def test_a_marked_group_is_requested_with_its_key_method_and_tags(inbox, clock, ticks):
+def test_a_marked_group_is_requested_with_its_key_in_the_run_config_only(inbox, clock, ticks):
     inbox.put(DROP + "a.csv", DROP + "_SUCCESS")
 
     (request,) = ticks.tick().run_requests
 
     assert request_config(request) == {"grouping_key": DROP, "grouping_method": "marker"}
     dg.validate_run_config(defs.resolve_job_def("register_submission_from_group_job"), request.run_config)
-    assert request.tags["health-intake/submitter"] == "acme"
-    assert request.tags["health-intake/drop"] == "drop-001"
-    assert request.run_key.startswith(DROP + "@")
+    assert {k: v for k, v in request.tags.items() if k.startswith("health-intake/")} == {
+        "health-intake/submitter": "acme",
+        "health-intake/group": group_id(DROP),
+        "health-intake/grouping-method": "marker",
+    }
+    assert request.run_key.startswith(group_id(DROP) + "@")
+    assert "drop-001" not in request.run_key + repr(request.tags)
 
 
 def test_calling_the_sensor_directly_returns_the_run_requests_and_cursor(inbox, clock, ticks):
@@ -173,7 +178,8 @@ def test_calling_the_sensor_directly_returns_the_run_requests_and_cursor(inbox, 
 
     assert isinstance(result, dg.SensorResult)
     assert [request_config(r)["grouping_key"] for r in result.run_requests] == [DROP]
-    assert load_state(result.cursor)[DROP].requested
+    assert load_state(result.cursor)[group_id(DROP)].requested
+    assert DROP not in result.cursor
 
 
 def test_a_tick_without_complete_groups_says_what_it_waits_for(inbox, clock, ticks):
@@ -234,7 +240,8 @@ def test_an_upload_older_than_the_abandoned_hours_no_longer_holds_the_group(inbo
 
     assert grouping_keys(result) == [DROP]
     (warning,) = ticks.log.warnings("abandoned")
-    assert repr(DROP + "big.bin") in warning and upload_id in warning
+    assert file_id(DROP + "big.bin") in warning and upload_id in warning
+    assert "drop-001" not in warning
 
 
 def test_a_late_file_gets_a_new_run_key(inbox, clock, ticks):
@@ -277,7 +284,8 @@ def test_shallow_keys_are_warned_about_every_tick(inbox, clock, ticks):
     shallow = ticks.log.warnings("belong to no group")
     assert len(shallow) == 2
     assert shallow[0].startswith("2 inbox object(s)")
-    assert "'inbox/acme/x.csv'" in shallow[0] and "'inbox/top.csv'" in shallow[0]
+    assert file_id("inbox/acme/x.csv") in shallow[0] and file_id("inbox/top.csv") in shallow[0]
+    assert "x.csv" not in shallow[0] and "top.csv" not in shallow[0]
 
 
 def test_keys_that_form_no_group_are_recorded_once_with_their_reason(inbox, clock, ticks):
@@ -297,16 +305,16 @@ def test_keys_that_form_no_group_are_recorded_once_with_their_reason(inbox, cloc
 
 
 def test_odd_keys_keep_their_grouping_key_and_get_valid_tags(inbox, clock, ticks):
-    odd = "inbox/açme corp/+%20/dröp\x01 1+%/"
-    inbox.put(odd + "файл name+%.csv", odd + "_SUCCESS", "inbox/x y/\x7f/%2F/_SUCCESS")
+    odd = "inbox/açme corp/+%20/dröp 1+%/"
+    inbox.put(odd + "файл name+%.csv", odd + "_SUCCESS", "inbox/x y/~/%2F/_SUCCESS")
 
     result = ticks.tick()
 
-    assert sorted(grouping_keys(result)) == sorted([odd, "inbox/x y/\x7f/%2F/"])
+    assert sorted(grouping_keys(result)) == sorted([odd, "inbox/x y/~/%2F/"])
     for request in result.run_requests:
         assert STRICT_TAG_VALUE.fullmatch(request.tags["health-intake/submitter"])
-        assert STRICT_TAG_VALUE.fullmatch(request.tags["health-intake/drop"])
-    assert load_state(result.cursor)[odd].requested
+        assert STRICT_TAG_VALUE.fullmatch(request.tags["health-intake/group"])
+    assert load_state(result.cursor)[group_id(odd)].requested
 
 
 def test_distinct_odd_ids_get_distinct_tag_values():
@@ -333,7 +341,7 @@ def test_groups_no_longer_in_the_inbox_leave_the_cursor(inbox, clock, ticks):
     inbox.delete(DROP + "_SUCCESS")
     ticks.tick()
 
-    assert list(load_state(ticks.cursor)) == ["inbox/beta/lab/d2/"]
+    assert list(load_state(ticks.cursor)) == [group_id("inbox/beta/lab/d2/")]
 
 
 def test_an_unreadable_cursor_is_warned_about_and_replaced(inbox, clock, ticks):
@@ -359,10 +367,10 @@ def observations(result) -> list[dg.AssetObservation]:
 
 
 def table_rows(observation: dg.AssetObservation) -> list[str]:
-    return [line for line in observation.metadata["rejected"].value.splitlines() if line.startswith("| inbox/")]
+    return [line for line in observation.metadata["rejected"].value.splitlines() if line.startswith("| f-")]
 
 
-def test_new_rejections_are_observed_on_the_inbox_asset_with_key_reason_and_size(inbox, clock, ticks):
+def test_new_rejections_are_observed_on_the_inbox_asset_with_file_id_reason_and_size(inbox, clock, ticks):
     inbox.put("inbox/top.csv", body=b"12345")
     inbox.put("inbox/acme/unknown/d/sub/", body=b"")
     inbox.put(DROP + "_SUCCESS")
@@ -373,8 +381,9 @@ def test_new_rejections_are_observed_on_the_inbox_asset_with_key_reason_and_size
     assert observation.metadata["new_rejections"].value == 2
     assert observation.metadata["rejections_on_record"].value == 2
     assert table_rows(observation) == [
-        "| inbox/acme/unknown/d/sub/ | folder placeholder (the key ends with '/'), not a file | 0 |",
-        "| inbox/top.csv | too shallow: a file needs 3 folders under inbox/ (submitter/file type/drop id) | 5 |",
+        f"| {file_id('inbox/acme/unknown/d/sub/')} | folder placeholder (the key ends with '/'), not a file | 0 |",
+        f"| {file_id('inbox/top.csv')} | too shallow: a file needs 3 folders under inbox/ "
+        "(submitter/file type/drop id) | 5 |",
     ]
 
 
@@ -394,7 +403,7 @@ def test_a_rejected_key_uploaded_again_with_other_content_is_observed_again(inbo
 
     assert observation.metadata["new_rejections"].value == 1
     assert observation.metadata["rejections_on_record"].value == 3
-    assert [row.split(" | ")[0] for row in table_rows(observation)] == ["| inbox/top.csv"]
+    assert [row.split(" | ")[0] for row in table_rows(observation)] == ["| " + file_id("inbox/top.csv")]
 
 
 def test_the_observation_shows_twenty_rejections_and_says_how_many_more(inbox, clock, ticks):
@@ -407,26 +416,26 @@ def test_the_observation_shows_twenty_rejections_and_says_how_many_more(inbox, c
     assert "and 5 more" in observation.metadata["rejected"].value
 
 
-def test_a_key_cannot_break_out_of_its_table_cell(inbox, clock, ticks):
-    inbox.put("inbox/a|b\r\n\x01.csv")
+def test_a_key_with_control_characters_is_rejected_as_unsafe_and_shown_by_its_id(inbox, clock, ticks):
+    key = "inbox/acme/unknown/d/a|b\r\n\x01.csv"
+    inbox.put(key)
 
     (observation,) = observations(ticks.tick())
 
     assert table_rows(observation) == [
-        "| inbox/a\\|b\\\\r\\\\n\\\\x01.csv | too shallow: a file needs 3 folders under inbox/ "
-        "(submitter/file type/drop id) | 13 |"
+        f"| {file_id(key)} | unsafe key: a control character (refused by the platform, never staged) | 13 |"
     ]
 
 
-def test_the_observation_holds_no_file_contents(inbox, clock, ticks):
+def test_the_observation_holds_neither_file_contents_nor_keys(inbox, clock, ticks):
     sentinel = "SENTINEL-4f1c9e-member-name"
     inbox.put("inbox/top.csv", body=f"member,name\n1,{sentinel}\n".encode())
 
     (observation,) = observations(ticks.tick())
 
     serialized = dg.serialize_value(observation)
-    assert "inbox/top.csv" in serialized
-    assert sentinel not in serialized
+    assert file_id("inbox/top.csv") in serialized
+    assert sentinel not in serialized and "top.csv" not in serialized
 
 
 def test_the_daemon_stores_the_observation_in_the_event_log_the_ui_reads(inbox, tmp_path):
@@ -445,4 +454,4 @@ def test_the_daemon_stores_the_observation_in_the_event_log_the_ui_reads(inbox, 
     (record,) = records
     metadata = record.asset_observation.metadata
     assert metadata["new_rejections"].value == 2
-    assert "inbox/acme/x.csv" in metadata["rejected"].value
+    assert file_id("inbox/acme/x.csv") in metadata["rejected"].value

@@ -1,14 +1,18 @@
 """register_submission_from_group_job and sync_layout_registry, in process, with real worker processes."""
 
 import hashlib
+import re
+from html import unescape
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 import yaml
+from markdown_it import MarkdownIt
 from orchestrator.defs.intake.assets import sync_layout_registry
-from orchestrator.defs.intake.jobs import markdown_cell, register_submission_from_group_job
+from orchestrator.defs.intake.jobs import markdown_cell, markdown_table, register_submission_from_group_job
 from orchestrator.defs.resources import WorkerLauncher
+from workers.inbox import file_id, group_id
 from workers.manifest import Manifest
 
 from tests.conftest import REPO, drop_files
@@ -51,7 +55,8 @@ def test_the_seed_run_config_registers_and_stages_the_group(synced_layouts, s3_s
     assert result.success
     registered = output_metadata(result, "register_submission_from_group")
     assert registered["grouping_method"] == method and registered["file_type"] == "medical_claims"
-    assert "medical_claims.csv" in registered["file_table"]
+    assert file_id(GROUP + "medical_claims.csv") in registered["file_table"]
+    assert registered["group_id"] == group_id(GROUP)
     sid = registered["submission_id"]
     manifest = Manifest.from_bytes(
         s3.get_object(Bucket=synced_layouts.bucket, Key=registered["manifest_key"])["Body"].read()
@@ -82,7 +87,7 @@ def test_the_job_twice_for_one_group_registers_once(synced_layouts, s3_server):
     assert first["submission_id"]
 
 
-def test_a_malformed_grouping_key_fails_the_run_with_the_workers_reason(synced_layouts):
+def test_a_malformed_grouping_key_fails_the_run_with_the_workers_reason_naming_it_by_id(synced_layouts):
     config = {
         "ops": {
             "register_submission_from_group": {"config": {"grouping_key": "inbox/acme/", "grouping_method": "marker"}}
@@ -91,9 +96,9 @@ def test_a_malformed_grouping_key_fails_the_run_with_the_workers_reason(synced_l
     result = run_job(config)
     assert not result.success
     (failure,) = result.get_step_failure_events()
-    assert (
-        "classifier worker failed: grouping_key 'inbox/acme/' is malformed" in failure.step_failure_data.error.message
-    )
+    message = failure.step_failure_data.error.message
+    assert f"classifier worker failed: grouping_key of group {group_id('inbox/acme/')} is malformed" in message
+    assert "inbox/acme/" not in message.split("must look like")[0]
 
 
 def test_an_unknown_grouping_method_fails_before_any_worker_runs(synced_layouts):
@@ -117,6 +122,36 @@ def test_a_markdown_cell_keeps_pipes_backslashes_and_line_breaks_inside_it():
     assert markdown_cell("a|b\\|c\r\n") == "a\\|b\\\\\\|c\\\\r\\\\n"
 
 
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("[x](http://evil.example)", "\\[x\\](http://evil.example)"),
+        ("![x](http://evil.example/p.png)", "\\!\\[x\\](http://evil.example/p.png)"),
+        ("<http://evil.example>", "\\<http://evil.example\\>"),
+        ("<img src=x onerror=alert(1)>", "\\<img src=x onerror=alert(1)\\>"),
+        ("&lt;b&gt;", "\\&lt;b\\&gt;"),
+        ("*bold* _it_ `code` ~~gone~~", "\\*bold\\* \\_it\\_ \\`code\\` \\~\\~gone\\~\\~"),
+    ],
+)
+def test_a_markdown_cell_shows_links_images_autolinks_and_html_as_text(text, shown):
+    assert markdown_cell(text) == shown
+
+
+def test_a_rendered_table_shows_each_cell_as_written_and_makes_no_link_image_or_html():
+    """Rendered by markdown-it-py (CommonMark with GFM tables), not the Dagster UI's own renderer."""
+    texts = [
+        "[x](http://e.example)",
+        "![i](http://e.example/p.png)",
+        "<http://e.example>",
+        "<b onclick=x>hi</b>",
+        "a|b\\",
+    ]
+    html = MarkdownIt("commonmark").enable("table").render(markdown_table([{"cell": t} for t in texts]))
+    assert "<a " not in html and "<img" not in html and "<b" not in html.replace("<br", "")
+    cells = re.findall(r"<td>(.*?)</td>", html)
+    assert [unescape(cell) for cell in cells] == texts
+
+
 def inbox_observations(result: dg.ExecuteInProcessResult) -> list[dg.AssetObservation]:
     return [
         e.event_specific_data.asset_observation
@@ -136,7 +171,8 @@ def test_a_marker_alone_registers_nothing_and_its_rejection_is_observed_on_the_i
     (observation,) = inbox_observations(result)
     assert observation.metadata["new_rejections"].value == 1
     table = observation.metadata["rejected"].value
-    assert f"| {GROUP}_SUCCESS | completion marker without data files | 0 |" in table
+    assert f"| {file_id(GROUP + '_SUCCESS')} | completion marker without data files | 0 |" in table
+    assert GROUP not in table
     # Run again: the same marker is already on record, so nothing new is observed.
     assert inbox_observations(run_job(SEED_RUN_CONFIG)) == []
 

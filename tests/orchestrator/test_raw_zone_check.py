@@ -4,6 +4,8 @@ import dagster as dg
 import pytest
 from orchestrator.defs.intake.checks import raw_copies_match_manifests, raw_zone
 from orchestrator.defs.resources import WorkerLauncher
+from workers.inbox import file_id
+from workers.manifest import Manifest
 
 from tests.conftest import drop_files
 from workers import classifier, registrar, stager
@@ -38,20 +40,27 @@ def test_the_check_passes_when_every_raw_copy_matches_its_manifest(staged):
     assert evaluation.metadata["files_checked"].value == 2
 
 
-def test_the_check_fails_naming_a_raw_object_whose_bytes_changed(staged, synced_layouts, s3_server):
-    tampered = staged["file_table"][0]["raw_key"]
-    s3_server.client().put_object(Bucket=synced_layouts.bucket, Key=tampered, Body=b"not what was staged")
+def manifest_entries(s3, bucket: str, registered: dict) -> list:
+    return Manifest.from_bytes(s3.get_object(Bucket=bucket, Key=registered["manifest_key"])["Body"].read()).files
+
+
+def test_the_check_fails_naming_by_its_id_a_file_whose_raw_bytes_changed(staged, synced_layouts, s3_server):
+    s3 = s3_server.client()
+    tampered = manifest_entries(s3, synced_layouts.bucket, staged)[0]
+    s3.put_object(Bucket=synced_layouts.bucket, Key=tampered.raw_key, Body=b"not what was staged")
 
     evaluation = run_check()
 
     assert not evaluation.passed
     assert evaluation.metadata["mismatches"].value == 1
-    assert tampered in str(evaluation.metadata["mismatches_found"].value)
+    found = str(evaluation.metadata["mismatches_found"].value)
+    assert file_id(tampered.inbox_key) in found and tampered.raw_key not in found
 
 
 def test_the_check_reports_a_missing_raw_object(staged, synced_layouts, s3_server):
-    gone = staged["file_table"][1]["raw_key"]
-    s3_server.client().delete_object(Bucket=synced_layouts.bucket, Key=gone)
+    s3 = s3_server.client()
+    gone = manifest_entries(s3, synced_layouts.bucket, staged)[1]
+    s3.delete_object(Bucket=synced_layouts.bucket, Key=gone.raw_key)
 
     evaluation = run_check()
 

@@ -67,7 +67,7 @@ def marker(group: str, body: bytes = b"") -> dict[str, bytes]:
 
 
 CASES = [
-    Case("dot-dot segment", {G + "d01/../x.csv": b"1"}, {G + "d01/../x.csv": {"refused"}}),
+    Case("dot-dot segment", {G + "d01/../x.csv": b"1"}, {G + "d01/../x.csv": {"refused", "rejected"}}),
     Case(
         "double slash",
         {"inbox/acme//unknown/d02/x.csv": b"2"},
@@ -91,7 +91,22 @@ CASES = [
         {MAX_KEY: b"5", **marker(G + "d05/")},
         {MAX_KEY: {"rejected"}, G + "d05/_SUCCESS": {"rejected"}},
     ),
-    Case("control characters", {G + "d06/tab\there\x01.csv": b"6", **marker(G + "d06/")}),
+    # Unsafe keys are rejected by the platform itself (workers.inbox.unsafe_segment), whatever the server allows.
+    Case(
+        "control characters",
+        {G + "d06/tab\there\x01.csv": b"6", **marker(G + "d06/")},
+        {G + "d06/tab\there\x01.csv": {"rejected"}, G + "d06/_SUCCESS": {"rejected"}},
+    ),
+    Case(
+        "control character in the drop folder",
+        {G + "d32\x1b/x.csv": b"32", **marker(G + "d32\x1b/")},
+        {G + "d32\x1b/x.csv": {"rejected"}, G + "d32\x1b/_SUCCESS": {"rejected"}},
+    ),
+    Case(
+        "dot segment",
+        {G + "d33/./x.csv": b"33", **marker(G + "d33/")},
+        {G + "d33/./x.csv": {"rejected", "refused"}, G + "d33/_SUCCESS": {"rejected"}},
+    ),
     Case("spaces", {G + "d07/my file name.csv": b"7", **marker(G + "d07/")}),
     Case("plus", {G + "d08/a+b.csv": b"8", **marker(G + "d08/")}),
     Case("ampersand", {G + "d09/a&b.csv": b"9", **marker(G + "d09/")}),
@@ -118,7 +133,7 @@ CASES = [
     Case(
         "quote and backslash",
         {G + 'd26/a"b\\c.csv': b"26", **marker(G + "d26/")},
-        {G + 'd26/a"b\\c.csv': {"normalized", "registered"}},
+        {G + 'd26/a"b\\c.csv': {"normalized", "rejected"}},
     ),
     Case("emoji", {G + "d27/\U0001f600.csv": b"27", **marker(G + "d27/")}),
     Case("trailing dot", {G + "d28/file.": b"28", **marker(G + "d28/")}),
@@ -178,8 +193,8 @@ def process_tick(cursor: str | None) -> str:
         dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), cursor=cursor, definitions=defs)
     )
     settings = load_settings()
-    for request in sorted(tick.run_requests, key=lambda r: r.run_key):
-        config = request.run_config["ops"]["register_submission_from_group"]["config"]
+    configs = [request.run_config["ops"]["register_submission_from_group"]["config"] for request in tick.run_requests]
+    for config in sorted(configs, key=lambda c: c["grouping_key"]):
         files = classifier.work(settings, config)["files"]
         registered = registrar.work(settings, {**config, "files": files})
         if registered["submission_id"]:

@@ -10,6 +10,7 @@ import os
 
 import pytest
 from botocore.exceptions import ClientError
+from workers.inbox import file_id
 from workers.stager import CopyPlan, create_only_copy
 from workers.store import PRECONDITION_FAILED
 
@@ -58,13 +59,13 @@ def test_a_stager_run_over_a_squatted_raw_key_is_refused_reported_and_resumable(
     files = {"medical_claims.csv": b"a,b\n1,2\n", "eligibility.csv": b"e\n", "notes.txt": b"n\n"}
     drop_files(s3, bucket, group, files)
     registered = result_of(run_worker(pg_platform, "registrar", "--grouping-key", group))
-    squatted = next(f["raw_key"] for f in registered["file_table"] if f["raw_key"].endswith("/eligibility.csv"))
+    squatted = registered["raw_prefix"] + "eligibility.csv"
     s3.put_object(Bucket=bucket, Key=squatted, Body=b"somebody else's bytes\n")
 
     refused = run_worker(pg_platform, "stager", "--submission-id", registered["submission_id"])
 
     assert refused.returncode == 1
-    assert f"raw object {squatted} already exists with different bytes" in refused.stderr
+    assert f"raw copy of {file_id(group + 'eligibility.csv')} already exists with different bytes" in refused.stderr
     assert "refused to overwrite" in refused.stderr
     assert s3.get_object(Bucket=bucket, Key=squatted)["Body"].read() == b"somebody else's bytes\n"
     # Nothing was removed from the inbox while the submission is not wholly staged.

@@ -41,7 +41,8 @@ def restartable_s3(tmp_path, monkeypatch):
     server = S3Server(f"http://127.0.0.1:{port}", *S3_KEYS)
     wait_for_s3(server, proc, log)
     server.client().create_bucket(Bucket="health-raw")
-    for name, value in {"MINIO_ENDPOINT": server.endpoint, "MINIO_BUCKET": "health-raw"}.items():
+    settings = {"MINIO_ACCESS_KEY": server.access_key, "MINIO_SECRET_KEY": server.secret_key}
+    for name, value in {**settings, "MINIO_ENDPOINT": server.endpoint, "MINIO_BUCKET": "health-raw"}.items():
         monkeypatch.setenv(name, value)
     handle = {"proc": proc}
 
@@ -83,6 +84,8 @@ def test_a_worker_with_the_database_down_retries_then_exits_naming_it_and_writes
     env = {
         "METADATA_DB_URL": f"postgresql+psycopg2://intake:{DB_PASSWORD}@127.0.0.1:1/metadata",
         "MINIO_ENDPOINT": s3_server.endpoint,
+        "MINIO_ACCESS_KEY": s3_server.access_key,
+        "MINIO_SECRET_KEY": s3_server.secret_key,
         "MINIO_BUCKET": bucket,
         "DB_CONNECT_ATTEMPTS": "3",
         "DB_CONNECT_BACKOFF_SECONDS": "0.1",

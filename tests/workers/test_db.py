@@ -9,6 +9,8 @@ import sqlalchemy as sa
 from workers.db import connect_with_retry, is_transient, make_engine
 from workers.settings import DbConnectSettings
 
+from tests.conftest import migrate
+
 NOWHERE = {"host": "127.0.0.1", "port": 1, "dbname": "metadata", "connect_timeout": 10}
 
 
@@ -82,3 +84,23 @@ def test_a_database_that_answers_and_refuses_is_not_retried(postgres_url, capfd)
 )
 def test_which_connection_failures_are_worth_a_retry(message, transient):
     assert is_transient(psycopg2.OperationalError(message)) is transient
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_a_failed_statement_never_carries_its_bound_values(dialect, tmp_path, request):
+    """An object key (which can name a member) bound into a statement that fails stays out of the error."""
+    url = f"sqlite:///{tmp_path / 'm.db'}" if dialect == "sqlite" else request.getfixturevalue("postgres_url")
+    migrate(url)
+    engine = make_engine(url)
+    row = {"key": "inbox/acme/unknown/SENTINEL-Jane-Roe/x.csv", "etag": "e", "size": 1, "reason": "r"}
+    insert = sa.text(
+        "INSERT INTO inbox_rejection (key, etag, size_bytes, reason, first_seen_at, last_seen_at) "
+        "VALUES (:key, :etag, :size, :reason, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+    )
+    with engine.begin() as conn:
+        conn.execute(insert, row)
+    with pytest.raises(sa.exc.IntegrityError) as excinfo, engine.begin() as conn:
+        conn.execute(insert, row)  # the same key and ETag again: a unique violation
+    engine.dispose()
+    assert "SENTINEL" not in str(excinfo.value)
+    assert "SQL parameters hidden" in str(excinfo.value)

@@ -22,7 +22,7 @@ from workers.discovery import (
     list_uploads,
     load_state,
 )
-from workers.inbox import InboxObject
+from workers.inbox import InboxObject, fingerprint, group_id
 from workers.settings import load_intake_settings
 
 from tests.conftest import S3Server
@@ -71,7 +71,7 @@ def test_a_group_without_marker_is_not_complete_when_first_seen():
     evaluation = ticks((0, [obj(DROP + "a.csv")]))
 
     assert evaluation.complete == []
-    assert evaluation.state[DROP].since == T0
+    assert evaluation.state[group_id(DROP)].since == T0
 
 
 def test_a_group_unchanged_for_the_quiescence_minutes_is_complete():
@@ -104,7 +104,7 @@ def test_a_file_added_during_the_quiet_window_restarts_the_clock():
     evaluation = ticks((0, first), (6, more), (12, more))
 
     assert evaluation.complete == []
-    assert evaluation.state[DROP].since == at(6)
+    assert evaluation.state[group_id(DROP)].since == at(6)
     assert ticks((0, first), (6, more), (16, more)).complete[0].method == QUIESCENCE
 
 
@@ -122,7 +122,7 @@ def test_a_requested_group_is_not_requested_again():
     evaluation = ticks((0, files), (1, files), (60, files))
 
     assert evaluation.complete == []
-    assert evaluation.state[DROP].requested
+    assert evaluation.state[group_id(DROP)].requested
 
 
 def test_a_late_file_gives_a_new_run_key_for_the_same_group():
@@ -135,10 +135,11 @@ def test_a_late_file_gives_a_new_run_key_for_the_same_group():
     assert late.run_key != first.run_key
 
 
-def test_the_run_key_is_the_grouping_key_and_the_fingerprint():
+def test_the_run_key_is_the_groups_id_and_the_fingerprint_never_the_key():
     complete = ticks((0, [obj(DROP + "_SUCCESS")])).complete[0]
 
-    assert complete.run_key == f"{DROP}@{complete.fingerprint[:16]}"
+    assert complete.run_key == f"{group_id(DROP)}@{complete.fingerprint[:16]}"
+    assert "drop-001" not in complete.run_key
 
 
 def test_an_upload_in_progress_holds_a_marked_group_open():
@@ -148,7 +149,7 @@ def test_an_upload_in_progress_holds_a_marked_group_open():
 
     assert evaluation.complete == []
     assert list(evaluation.blocked) == [DROP]
-    assert not evaluation.state[DROP].requested
+    assert not evaluation.state[group_id(DROP)].requested
 
 
 def test_an_upload_in_progress_holds_a_quiet_group_open():
@@ -191,23 +192,32 @@ def test_keys_too_shallow_for_a_group_are_reported():
     evaluation = ticks((0, [obj(key) for key in shallow] + [obj(DROP + "a.csv")]))
 
     assert evaluation.shallow_keys == shallow
-    assert list(evaluation.state) == [DROP]
+    assert list(evaluation.state) == [group_id(DROP)]
 
 
 def test_groups_no_longer_listed_are_dropped_from_the_state():
     evaluation = ticks((0, [obj(DROP + "_SUCCESS"), obj("inbox/b/c/d/x")]), (1, [obj("inbox/b/c/d/x")]))
 
-    assert list(evaluation.state) == ["inbox/b/c/d/"]
+    assert list(evaluation.state) == [group_id("inbox/b/c/d/")]
 
 
 def test_odd_keys_group_by_their_segments():
-    odd = "inbox/açme corp/+%20/dröp\x01 1/файл name+%.csv"
+    odd = "inbox/açme corp/+%20/dröp 1/файл name+%.csv"
 
-    evaluation = ticks((0, [obj(odd), obj("inbox/açme corp/+%20/dröp\x01 1/_SUCCESS")]))
+    evaluation = ticks((0, [obj(odd), obj("inbox/açme corp/+%20/dröp 1/_SUCCESS")]))
 
     (complete,) = evaluation.complete
-    assert complete.group.grouping_key == "inbox/açme corp/+%20/dröp\x01 1/"
-    assert complete.group.submitter_id == "açme corp" and complete.group.drop_id == "dröp\x01 1"
+    assert complete.group.grouping_key == "inbox/açme corp/+%20/dröp 1/"
+    assert complete.group.submitter_id == "açme corp" and complete.group.drop_id == "dröp 1"
+
+
+def test_unsafe_keys_form_no_group_and_are_reported_with_the_shallow_ones():
+    unsafe = [DROP + "a\x01.csv", DROP + "sub/../x.csv", DROP + "a\\b.csv", "inbox/acme/unknown/d\t2/x.csv"]
+
+    evaluation = ticks((0, [obj(key) for key in unsafe] + [obj(DROP + "ok.csv")]))
+
+    assert evaluation.shallow_keys == unsafe
+    assert list(evaluation.state) == [group_id(DROP)]
 
 
 def test_grouping_follows_the_configured_depth_and_prefix():
@@ -228,13 +238,22 @@ def test_the_state_survives_the_cursor_round_trip():
     assert load_state(dump_state(state)) == state
 
 
-def test_the_cursor_is_versioned_json_of_the_pending_groups():
-    cursor = dump_state({DROP: Sighting(fingerprint="ab", since=T0)})
+def test_the_cursor_is_versioned_json_of_the_pending_groups_by_id():
+    evaluation = ticks((0, [obj(DROP + "a.csv")]))
 
-    assert json.loads(cursor) == {
-        "version": 1,
-        "groups": {DROP: {"fingerprint": "ab", "since": "2026-03-01T12:00:00+00:00", "requested": False}},
+    cursor = json.loads(dump_state(evaluation.state))
+
+    assert cursor == {
+        "version": 2,
+        "groups": {
+            group_id(DROP): {
+                "fingerprint": fingerprint([obj(DROP + "a.csv")]),
+                "since": T0.isoformat(),
+                "requested": False,
+            }
+        },
     }
+    assert "drop-001" not in dump_state(evaluation.state)
 
 
 def test_no_cursor_is_an_empty_state():
@@ -246,10 +265,10 @@ def test_no_cursor_is_an_empty_state():
     [
         "not json",
         "[]",
-        '{"version": 2, "groups": {}}',
-        '{"version": 1}',
-        '{"version": 1, "groups": {"k": {}}}',
-        '{"version": 1, "groups": {"k": {"fingerprint": "a", "since": "2026-03-01T12:00:00", "requested": false}}}',
+        '{"version": 1, "groups": {}}',
+        '{"version": 2}',
+        '{"version": 2, "groups": {"k": {}}}',
+        '{"version": 2, "groups": {"k": {"fingerprint": "a", "since": "2026-03-01T12:00:00", "requested": false}}}',
     ],
 )
 def test_an_unreadable_cursor_is_a_value_error(cursor):

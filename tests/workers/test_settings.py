@@ -1,18 +1,41 @@
 import pytest
-from workers.settings import DEFAULTS, DbConnectSettings, SettingsError, load_db_connect_settings, load_settings
+from workers.settings import (
+    DEFAULTS,
+    DbConnectSettings,
+    SettingsError,
+    load_db_connect_settings,
+    load_metadata_db_url,
+    load_settings,
+)
+
+KEYS = {"MINIO_ACCESS_KEY": "access", "MINIO_SECRET_KEY": "secret"}
 
 
-def test_dev_defaults_apply_when_nothing_is_set():
-    settings = load_settings({})
+def test_dev_defaults_apply_when_nothing_but_the_keys_is_set():
+    settings = load_settings(KEYS)
     assert settings.metadata_db_url == "sqlite:///.local/metadata.db"
     assert settings.s3_endpoint == "http://127.0.0.1:9000"
-    assert (settings.s3_access_key, settings.s3_secret_key) == ("minioadmin", "minioadmin")
     assert settings.bucket == "health-raw"
+
+
+@pytest.mark.parametrize("name", ["MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"])
+def test_no_object_store_key_has_a_default_a_missing_one_fails_naming_it(name):
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings({k: v for k, v in KEYS.items() if k != name})
+    assert str(excinfo.value) == f"{name} is empty or unset"
+
+
+def test_migrations_need_only_the_database_url():
+    assert load_metadata_db_url({"METADATA_DB_URL": "sqlite:///m.db"}) == "sqlite:///m.db"
+
+
+def test_no_credential_default_is_left_in_the_code():
+    assert not any("KEY" in name or "PASSWORD" in name or "SECRET" in name for name in DEFAULTS)
 
 
 def test_endpoint_host_and_dialect_are_derived():
     settings = load_settings(
-        {"MINIO_ENDPOINT": "http://minio:9000/", "METADATA_DB_URL": "postgresql+psycopg2://u:p@db/meta"}
+        {**KEYS, "MINIO_ENDPOINT": "http://minio:9000/", "METADATA_DB_URL": "postgresql+psycopg2://u:p@db/meta"}
     )
     assert settings.endpoint_host == "minio:9000"
     assert settings.db_dialect == "postgresql"
@@ -42,7 +65,7 @@ def test_endpoint_host_and_dialect_are_derived():
 )
 def test_a_bad_setting_fails_with_one_line_naming_the_variable(load, name, value):
     with pytest.raises(SettingsError) as excinfo:
-        load({name: value})
+        load({**KEYS, name: value})
     message = str(excinfo.value)
     assert message.startswith(name)
     assert "\n" not in message
@@ -51,7 +74,7 @@ def test_a_bad_setting_fails_with_one_line_naming_the_variable(load, name, value
 def test_malformed_values_are_not_echoed_back():
     secret_looking = "postgresql+psycopg2://user:hunter2@@@/"
     with pytest.raises(SettingsError) as excinfo:
-        load_settings({"METADATA_DB_URL": "::" + secret_looking})
+        load_settings({**KEYS, "METADATA_DB_URL": "::" + secret_looking})
     assert "hunter2" not in str(excinfo.value)
 
 
@@ -60,8 +83,17 @@ def test_credentials_stay_out_of_repr():
     assert "SENTINEL" not in repr(settings)
 
 
+def test_the_metadata_db_password_never_shows_in_repr_or_str():
+    url = "postgresql+psycopg2://intake:PASSWORD-SENTINEL@db:5432/metadata"
+    settings = load_settings({**KEYS, "METADATA_DB_URL": url})
+    assert settings.metadata_db_url == url
+    for shown in (repr(settings), str(settings), f"{settings}"):
+        assert "PASSWORD-SENTINEL" not in shown
+        assert "postgresql+psycopg2://intake:***@db:5432/metadata" in shown
+
+
 def test_every_default_is_a_valid_setting():
-    assert load_settings(DEFAULTS).bucket == DEFAULTS["MINIO_BUCKET"]
+    assert load_settings({**DEFAULTS, **KEYS}).bucket == DEFAULTS["MINIO_BUCKET"]
 
 
 def test_db_connect_defaults_are_five_attempts_from_half_a_second():

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from botocore.exceptions import ClientError
 from sqlalchemy.orm import Session
 from workers.db import InboxObject, Submission, SubmissionFile, make_engine, utcnow
+from workers.inbox import file_id
 from workers.manifest import Manifest, ManifestFile, manifest_key_for, raw_prefix_for
 from workers.runtime import WorkerError
 from workers.stager import CopyPlan, create_only_copy, stage_submission, work
@@ -214,7 +215,7 @@ def test_stages_every_file_with_the_sha256_the_manifest_records(platform_env, re
     assert result["bytes_copied"] == 5000
     by_raw_key = sorted(manifest.files, key=lambda f: f.raw_key)
     assert result["file_table"] == [
-        {"key": f.raw_key, "size_bytes": f.size_bytes, "sha256": f.sha256} for f in by_raw_key
+        {"file_id": file_id(f.inbox_key), "size_bytes": f.size_bytes, "sha256": f.sha256} for f in by_raw_key
     ]
 
 
@@ -223,7 +224,8 @@ def test_an_existing_raw_object_with_different_bytes_is_refused_and_left_unchang
     squatter = registered.raw_keys[1]
     make_s3_client(platform_env).put_object(Bucket=platform_env.bucket, Key=squatter, Body=b"other bytes")
 
-    with pytest.raises(WorkerError, match=f"raw object {squatter} already exists with different bytes"):
+    squatter_id = file_id(registered.inbox_keys[squatter])
+    with pytest.raises(WorkerError, match=f"raw copy of {squatter_id} already exists with different bytes"):
         stage(platform_env, registered)
 
     assert read(platform_env, squatter) == b"other bytes"
@@ -394,7 +396,8 @@ def test_a_manifest_that_disagrees_with_the_registered_files_is_refused(platform
         )
     engine.dispose()
 
-    with pytest.raises(WorkerError, match=f"disagrees with the registered files.*first {registered.raw_keys[1]}"):
+    differing = file_id(registered.inbox_keys[registered.raw_keys[1]])
+    with pytest.raises(WorkerError, match=f"disagrees with the registered files on 1 file\\(s\\), first {differing}"):
         stage(platform_env, registered)
 
     assert keys_under(platform_env, registered.raw_prefix) == [registered.manifest_key]

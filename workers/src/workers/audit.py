@@ -13,6 +13,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from workers.db import Submission, metadata_engine
+from workers.inbox import file_id
 from workers.manifest import Manifest
 from workers.runtime import Metadata, run_worker
 from workers.settings import Settings
@@ -42,7 +43,7 @@ def audit(*, engine: Engine, s3, bucket: str, limit: int) -> Metadata:
             files += 1
             found = _sha256_or_missing(s3, bucket, entry.raw_key)
             if found != entry.sha256:
-                mismatches.append({"submission_id": submission_id, "raw_key": entry.raw_key, "found": found})
+                mismatches.append({"submission_id": submission_id, "file_id": file_id(entry.inbox_key), "found": found})
     return {
         "passed": not mismatches,
         "submissions_checked": len(submissions),

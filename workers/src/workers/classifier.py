@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from workers.db import metadata_engine
-from workers.inbox import UNKNOWN, Group, InboxObject, group_from_params, group_of, list_objects
+from workers.inbox import UNKNOWN, Group, InboxObject, file_id, group_from_params, group_id, group_of, list_objects
 from workers.layouts import Layout, active_layouts
 from workers.runtime import Metadata, WorkerError, run_worker
 from workers.settings import Settings, load_intake_settings
@@ -107,7 +107,7 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
     files = classify_group(group, objects, layouts, classifier, intake.marker_file)
     counts = {kind: sum(f["classification"] == kind for f in files) for kind in (CLASSIFIED, UNKNOWN, AMBIGUOUS)}
     return {
-        "grouping_key": group.grouping_key,
+        "group_id": group_id(group.grouping_key),
         "submitter_id": group.submitter_id,
         "classifier": intake.classifier_impl,
         "file_count": len(files),
@@ -115,7 +115,7 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
         "files": files,
         "file_table": [
             {
-                "key": f["key"],
+                "file_id": file_id(f["key"]),
                 "size_bytes": f["size"],
                 "classification": f["classification"],
                 "file_type": f["file_type"],

@@ -23,6 +23,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from workers.settings import DbConnectSettings, load_db_connect_settings
@@ -64,12 +65,28 @@ def make_engine(url: str, connecting: DbConnectSettings | None = None) -> Engine
     connecting = connecting or load_db_connect_settings()  # read on SQLite too, so a bad value never hides
     # A blackholed database host fails within seconds instead of hanging a worker for minutes.
     connect_args = {"connect_timeout": 10} if url.startswith("postgresql") else {}
-    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    # hide_parameters: a statement's bound values (object keys, which can name a member) never
+    # travel in an error's text into logs, the event log or a failed tick.
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args, hide_parameters=True)
+    event.listen(engine, "handle_error", _first_line_only)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)  # a local file: nothing to wait for
     else:
         _retry_connecting(engine, connecting)
     return engine
+
+
+def _first_line_only(context: ExceptionContext) -> None:
+    """hide_parameters keeps bound values out of SQLAlchemy's part of an error; the driver's part
+    can quote them too (Postgres: "DETAIL: Key (key, etag)=(inbox/...) already exists"): it keeps
+    its first line, which names the constraint or the cause."""
+    driver_error = context.original_exception
+    lines = str(driver_error).strip().splitlines()
+    if len(lines) > 1:
+        driver_error.args = (lines[0],)
+        wrapper = context.sqlalchemy_exception  # its message was built from the driver's whole text
+        if wrapper is not None:
+            wrapper.args = (f"({type(driver_error).__module__}.{type(driver_error).__name__}) {lines[0]}",)
 
 
 def _retry_connecting(engine: Engine, connecting: DbConnectSettings) -> None:

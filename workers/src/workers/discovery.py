@@ -17,12 +17,13 @@ from urllib.parse import unquote_plus
 
 from botocore.exceptions import ClientError
 
-from workers.inbox import Group, InboxObject, fingerprint, group_of
+from workers.inbox import Group, InboxObject, fingerprint, group_id, group_of
 from workers.settings import IntakeSettings
 
 MARKER = "marker"
 QUIESCENCE = "quiescence"
-CURSOR_VERSION = 1
+# 2: groups keyed by their id, not their key (the cursor is stored and shown by Dagster).
+CURSOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -52,14 +53,15 @@ class CompleteGroup:
 
     @property
     def run_key(self) -> str:
-        """Identity + version: the same content never registers twice, a late file registers anew."""
-        return f"{self.group.grouping_key}@{self.fingerprint[:16]}"
+        """Identity + version: the same content never registers twice, a late file registers anew.
+        The group's id, not its key: run keys are shown and stored where keys must not go."""
+        return f"{group_id(self.group.grouping_key)}@{self.fingerprint[:16]}"
 
 
 @dataclass(frozen=True)
 class Evaluation:
     complete: list[CompleteGroup]
-    state: dict[str, Sighting]
+    state: dict[str, Sighting]  # by group id
     shallow_keys: list[str]
     blocked: dict[str, list[Upload]]
     abandoned_uploads: list[Upload]
@@ -78,14 +80,14 @@ def evaluate(
     blocked = uploads_by_group(live, settings)
     complete, new_state = [], {}
     for grouping_key, (group, members) in groups.items():
-        sighting = observe(state.get(grouping_key), fingerprint(members), now)
+        sighting = observe(state.get(group_id(grouping_key)), fingerprint(members), now)
         method = None
         if not sighting.requested and grouping_key not in blocked:
             method = completion_method(group, members, sighting, now, settings)
         if method:
             complete.append(CompleteGroup(group, method, sighting.fingerprint, len(members)))
             sighting = replace(sighting, requested=True)
-        new_state[grouping_key] = sighting
+        new_state[group_id(grouping_key)] = sighting
     return Evaluation(complete, new_state, shallow_keys, blocked, abandoned)
 
 
@@ -141,7 +143,8 @@ def completion_method(
 
 
 def dump_state(state: Mapping[str, Sighting]) -> str:
-    """The sensor cursor: JSON holding only the groups still listed in the inbox."""
+    """The sensor cursor: JSON holding only the groups still listed in the inbox, by their ids
+    (Dagster stores the cursor and shows it on the sensor's page: no keys in it)."""
     groups = {
         key: {"fingerprint": s.fingerprint, "since": s.since.isoformat(), "requested": s.requested}
         for key, s in state.items()

@@ -2,6 +2,10 @@
 
 `inbox/{submitter_id}/{file_type}/{drop_id}/...` with GROUP_BY_DEPTH=3 gives the grouping key
 `inbox/{submitter_id}/{file_type}/{drop_id}/`.
+
+A partner's file and folder names can carry a member's name (PHI). Outside the metadata DB and
+the object store a group and a file are named by `group_id` and `file_id`, short digests of
+their keys (`python -m workers.tables --find ID` turns one back into the key).
 """
 
 from __future__ import annotations
@@ -16,6 +20,36 @@ from workers.runtime import WorkerError
 from workers.settings import IntakeSettings
 
 UNKNOWN = "unknown"
+ID_HEX_DIGITS = 12
+
+
+def group_id(grouping_key: str) -> str:
+    """A group's name wherever its key must not go (tags, run keys, logs, metadata, errors)."""
+    return "g-" + _digest(grouping_key)
+
+
+def file_id(key: str) -> str:
+    """An object's name wherever its key must not go (tags, logs, metadata, errors)."""
+    return "f-" + _digest(key)
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:ID_HEX_DIGITS]
+
+
+def unsafe_segment(key: str) -> str | None:
+    """Why a key is unsafe to copy into raw/ whatever the server does with it, or None.
+
+    '.' and '..' segments are resolved by some clients and servers (a copy could land outside its
+    submission), a backslash is a separator to others, and control characters garble every log,
+    table and terminal the key is shown in."""
+    if any(segment in (".", "..") for segment in key.split("/")):
+        return "a '.' or '..' path segment"
+    if "\\" in key:
+        return "a backslash"
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        return "a control character"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +83,8 @@ class Group:
 
 
 def group_of(key: str, inbox_prefix: str, depth: int) -> Group | None:
-    """The group a key belongs to, or None when the key is too shallow to form one."""
-    if not key.startswith(inbox_prefix):
+    """The group a key belongs to, or None when the key is too shallow to form one or unsafe."""
+    if not key.startswith(inbox_prefix) or unsafe_segment(key):
         return None
     segments = key[len(inbox_prefix) :].split("/")
     # depth folder segments plus at least a file name; empty segments ("a//b") do not count.
@@ -65,6 +99,8 @@ def rejection_reason(key: str, inbox_prefix: str, depth: int) -> str:
     """Why a key forms no group (group_of returned None), in an operator's words."""
     if not key.startswith(inbox_prefix):
         return f"outside {inbox_prefix}"
+    if unsafe := unsafe_segment(key):
+        return f"unsafe key: {unsafe} (refused by the platform, never staged)"
     if key.endswith("/"):
         return "folder placeholder (the key ends with '/'), not a file"
     if "//" in key[len(inbox_prefix) :] or key[len(inbox_prefix) :].startswith("/"):
@@ -109,4 +145,4 @@ def group_from_params(params: Mapping[str, Any], intake: IntakeSettings) -> Grou
     try:
         return parse_grouping_key(key, intake.inbox_prefix, intake.group_by_depth)
     except ValueError as exc:
-        raise WorkerError(f"grouping_key {key!r} is malformed: {exc}") from None
+        raise WorkerError(f"grouping_key of group {group_id(key)} is malformed: {exc}") from None

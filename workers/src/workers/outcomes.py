@@ -10,16 +10,17 @@ from sqlalchemy import Engine, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from workers.db import InboxRejection, utcnow
-from workers.inbox import InboxObject
+from workers.inbox import InboxObject, file_id
 
 BATCH = 500
 
 
 @dataclass(frozen=True)
 class Rejection:
-    """A newly recorded rejection, as shown to an operator: never the object's contents."""
+    """A newly recorded rejection, as shown to an operator: the object by its id, never its key
+    (a member's name can be in it) nor its contents."""
 
-    key: str
+    file_id: str
     reason: str
     size_bytes: int
 
@@ -45,7 +46,7 @@ def record_rejections(engine: Engine, rejected: Iterable[tuple[InboxObject, str,
                     row = InboxRejection(key=obj.key, etag=obj.etag, size_bytes=obj.size, grouping_key=grouping_key)
                     session.add(row)
                     known[(obj.key, obj.etag)] = row
-                    new.append(Rejection(obj.key, reason[:500], obj.size))
+                    new.append(Rejection(file_id(obj.key), reason[:500], obj.size))
                 row.reason, row.last_seen_at = reason[:500], utcnow()
     return new
 

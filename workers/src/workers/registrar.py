@@ -25,7 +25,17 @@ from workers import classifier
 from workers.db import InboxObject as InboxObjectRow
 from workers.db import Submission, SubmissionFile, metadata_engine, utcnow
 from workers.faults import checkpoint
-from workers.inbox import UNKNOWN, Group, InboxObject, fingerprint, group_from_params, list_objects, relative_path
+from workers.inbox import (
+    UNKNOWN,
+    Group,
+    InboxObject,
+    file_id,
+    fingerprint,
+    group_from_params,
+    group_id,
+    list_objects,
+    relative_path,
+)
 from workers.manifest import Manifest, ManifestFile, manifest_key_for, raw_prefix_for
 from workers.outcomes import record_rejections
 from workers.runtime import Metadata, WorkerError, run_worker
@@ -57,7 +67,7 @@ def observed_objects(
     changed = [f["key"] for f in files if f["key"] not in current or current[f["key"]].etag != f["etag"]]
     if changed:
         raise WorkerError(
-            f"{len(changed)} file(s) changed or vanished since classification (first: {changed[0]!r}); "
+            f"{len(changed)} file(s) changed or vanished since classification (first: {file_id(changed[0])}); "
             "the sensor will request a run for the new content"
         )
     keep = {f["key"] for f in files} | {group.grouping_key + marker}
@@ -89,7 +99,8 @@ def register(
         reason = "the group holds no data files" if not too_long else "no file could be registered"
         return {
             "submission_id": None,
-            "grouping_key": group.grouping_key,
+            "group_id": group_id(group.grouping_key),
+            "submitter_id": group.submitter_id,
             "reason": reason,
             "rejections": [asdict(r) for r in new],
         }
@@ -331,7 +342,7 @@ def report(engine: Engine, manifest: Manifest, created: bool) -> Metadata:
         "status": status,
         "submitter_id": manifest.submitter_id,
         "file_type": manifest.file_type,
-        "grouping_key": manifest.grouping_key,
+        "group_id": group_id(manifest.grouping_key),
         "grouping_method": manifest.grouping_method,
         "previous_submission_id": manifest.previous_submission_id or "",
         "duplicate_of": manifest.duplicate_of or "",
@@ -341,8 +352,7 @@ def report(engine: Engine, manifest: Manifest, created: bool) -> Metadata:
         "manifest_key": manifest_key,
         "file_table": [
             {
-                "inbox_key": f.inbox_key,
-                "raw_key": f.raw_key,
+                "file_id": file_id(f.inbox_key),
                 "size_bytes": f.size_bytes,
                 "sha256": f.sha256,
                 "classification": f.classification,

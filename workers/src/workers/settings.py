@@ -22,11 +22,11 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable, never its value."""
 
 
+# No credential has a default: dev mode's keys are in its own env file (dev_up.sh writes
+# .local/dev.env), Docker mode's in .env; a process without them fails naming the variable.
 DEFAULTS = {
     "METADATA_DB_URL": "sqlite:///.local/metadata.db",
     "MINIO_ENDPOINT": "http://127.0.0.1:9000",
-    "MINIO_ACCESS_KEY": "minioadmin",
-    "MINIO_SECRET_KEY": "minioadmin",
     "MINIO_BUCKET": "health-raw",
     "MINIO_REGION": "us-east-1",
 }
@@ -41,6 +41,13 @@ class Settings:
     bucket: str
     region: str
 
+    def __repr__(self) -> str:
+        # The metadata DB URL can carry a password: shown masked, as SQLAlchemy renders it.
+        return (
+            f"Settings(metadata_db_url={masked_db_url(self.metadata_db_url)!r}, s3_endpoint={self.s3_endpoint!r}, "
+            f"bucket={self.bucket!r}, region={self.region!r})"
+        )
+
     @property
     def endpoint_host(self) -> str:
         return urlsplit(self.s3_endpoint).netloc
@@ -48,6 +55,13 @@ class Settings:
     @property
     def db_dialect(self) -> str:
         return make_url(self.metadata_db_url).get_backend_name()
+
+
+def masked_db_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a database URL)"
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -60,6 +74,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bucket=_bucket(env),
         region=_required(env, "MINIO_REGION"),
     )
+
+
+def load_metadata_db_url(env: Mapping[str, str] | None = None) -> str:
+    """METADATA_DB_URL alone, for what needs only the database (migrations): no object-store keys."""
+    return _db_url(os.environ if env is None else env)
 
 
 def _required(env: Mapping[str, str], name: str) -> str:

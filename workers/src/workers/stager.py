@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from workers.db import InboxObject, Submission, SubmissionFile, metadata_engine, utcnow
 from workers.faults import checkpoint
+from workers.inbox import file_id
 from workers.manifest import Manifest
 from workers.runtime import Metadata, WorkerError, describe_failure, run_worker
 from workers.settings import Settings, load_intake_settings
@@ -56,6 +57,7 @@ class CopyPlan:
 
 @dataclass(frozen=True)
 class StagedFile:
+    inbox_key: str
     raw_key: str
     size_bytes: int
     sha256: str
@@ -81,7 +83,7 @@ def stage_submission(
         # Its bytes are already in the raw zone under the original submission: nothing is copied.
         staged = []
     elif submission.status == "staged":
-        staged = [StagedFile(f.raw_key, f.size_bytes, f.sha256, copied=False) for f in files]
+        staged = [StagedFile(f.inbox_key, f.raw_key, f.size_bytes, f.sha256, copied=False) for f in files]
     else:
         check_manifest(read_manifest(s3, bucket, submission.manifest_key), submission, files)
         staged = copy_files(engine, s3, bucket, files, CopyPlan(multipart_threshold), file_workers)
@@ -110,7 +112,7 @@ def load_submission(engine: Engine, submission_id: str, raw_root: str) -> tuple[
         )
     for f in files:
         if not f.raw_key.startswith(submission.raw_prefix) or f.raw_key == submission.manifest_key:
-            raise WorkerError(f"submission {submission_id} file {f.raw_key} is not under its raw prefix")
+            raise WorkerError(f"submission {submission_id} file {file_id(f.inbox_key)} is not under its raw prefix")
     return submission, list(files)
 
 
@@ -138,10 +140,10 @@ def check_manifest(manifest: Manifest, submission: Submission, files: list[Submi
         )
     in_manifest = {(f.inbox_key, f.raw_key, f.size_bytes, f.sha256, bare(f.etag)) for f in manifest.files}
     in_db = {(f.inbox_key, f.raw_key, f.size_bytes, f.sha256, bare(f.etag)) for f in files}
-    differing = sorted(row[1] for row in in_manifest ^ in_db)
+    differing = sorted(file_id(row[0]) for row in in_manifest ^ in_db)
     if differing:
         raise WorkerError(
-            f"manifest {key} disagrees with the registered files on {len(set(differing))} raw key(s), "
+            f"manifest {key} disagrees with the registered files on {len(set(differing))} file(s), "
             f"first {differing[0]}; nothing staged"
         )
 
@@ -150,7 +152,7 @@ def copy_files(
     engine: Engine, s3, bucket: str, files: list[SubmissionFile], plan: CopyPlan, workers: int
 ) -> list[StagedFile]:
     """Stage the files not yet marked, in parallel; record each as verified, then fail on any refusal."""
-    done = [StagedFile(f.raw_key, f.size_bytes, f.sha256, copied=False) for f in files if f.staged_at]
+    done = [StagedFile(f.inbox_key, f.raw_key, f.size_bytes, f.sha256, copied=False) for f in files if f.staged_at]
     failures: list[str] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stager") as pool:
         futures = [pool.submit(stage_file, s3, bucket, f, plan) for f in files if not f.staged_at]
@@ -181,23 +183,26 @@ def stage_file(s3, bucket: str, file: SubmissionFile, plan: CopyPlan) -> StagedF
         if object_exists(s3, bucket, file.raw_key):
             return already_staged(s3, bucket, file)
         if code in NOT_FOUND:
-            raise WorkerError(f"inbox object {file.inbox_key} is gone; not staged") from None
+            raise WorkerError(f"inbox object {file_id(file.inbox_key)} is gone; not staged") from None
         raise WorkerError(
-            f"inbox object {file.inbox_key} changed since registration (ETag differs); not staged"
+            f"inbox object {file_id(file.inbox_key)} changed since registration (ETag differs); not staged"
         ) from None
     checkpoint("stager.copied")
     if sha256_of(s3, bucket, file.raw_key) != file.sha256:
-        raise WorkerError(f"copy at {file.raw_key} does not match the manifest's SHA-256; left in place for inspection")
-    return StagedFile(file.raw_key, file.size_bytes, file.sha256, copied=True)
+        raise WorkerError(
+            f"raw copy of {file_id(file.inbox_key)} does not match the manifest's SHA-256; left in place for inspection"
+        )
+    return StagedFile(file.inbox_key, file.raw_key, file.size_bytes, file.sha256, copied=True)
 
 
 def already_staged(s3, bucket: str, file: SubmissionFile) -> StagedFile:
     """The raw key exists: the same bytes (an earlier or concurrent run) count as staged."""
     if sha256_of(s3, bucket, file.raw_key) != file.sha256:
         raise WorkerError(
-            f"raw object {file.raw_key} already exists with different bytes; the server refused to overwrite it"
+            f"raw copy of {file_id(file.inbox_key)} already exists with different bytes; "
+            "the server refused to overwrite it"
         )
-    return StagedFile(file.raw_key, file.size_bytes, file.sha256, copied=False)
+    return StagedFile(file.inbox_key, file.raw_key, file.size_bytes, file.sha256, copied=False)
 
 
 def create_only_copy(
@@ -343,7 +348,9 @@ def report(
         "bytes_copied": sum(s.size_bytes for s in copied),
         "inbox_objects_removed": removed,
         "inbox_objects_kept_changed": kept,
-        "file_table": [{"key": s.raw_key, "size_bytes": s.size_bytes, "sha256": s.sha256} for s in staged],
+        "file_table": [
+            {"file_id": file_id(s.inbox_key), "size_bytes": s.size_bytes, "sha256": s.sha256} for s in staged
+        ],
     }
 
 

@@ -8,7 +8,7 @@ inbox = dg.AssetSpec(
     kinds={"s3"},
     description=(
         "The inbox partners upload into, listed by inbox_discovery_sensor. Each observation lists the "
-        "objects newly rejected (key, reason, size), which inbox_rejection keeps for good."
+        "objects newly rejected (file id, reason, size), whose keys inbox_rejection keeps for good."
     ),
 )
 

@@ -1,7 +1,15 @@
-"""register_submission_from_group_job: classify, register and stage one complete inbox group."""
+"""register_submission_from_group_job: classify, register and stage one complete inbox group.
+
+The grouping key is in the run config (the job's contract: an operator launches it for a key);
+everything else the run shows (logs, metadata, observations, failures) names the group by its
+id (workers.inbox.group_id) and files by theirs, since a partner's key can carry a member's name.
+"""
+
+import re
 
 import dagster as dg
 from pydantic import Field
+from workers.inbox import group_id
 
 from orchestrator.defs.intake import assets
 from orchestrator.defs.resources import WorkerLauncher
@@ -10,6 +18,9 @@ GROUPING_METHODS = ("marker", "quiescence")
 # Reported by the workers as lists; the op shows them as tables, everything else as is.
 TABLE_KEYS = ("file_table", "rejections")
 SHOWN_REJECTIONS = 20
+# The characters that start a link, an image, an autolink, raw HTML, an entity, emphasis, a code
+# span or a cell break; backslash-escaped (CommonMark allows it for each) they are only text.
+MARKDOWN_INLINE = re.compile(r"([\\|\[\]<>!*_`~&])")
 
 
 class GroupConfig(dg.Config):
@@ -36,7 +47,10 @@ def register_submission_from_group(context: dg.OpExecutionContext, config: Group
     if registered.get("rejections"):
         context.log_event(rejections_observed(registered["rejections"]))
     if not registered.get("submission_id"):
-        context.log.warning(f"nothing registered for {config.grouping_key}: {registered.get('reason')}")
+        context.log.warning(
+            f"nothing registered for group {group_id(config.grouping_key)} of {registered.get('submitter_id')}: "
+            f"{registered.get('reason')}"
+        )
         return
     yield dg.Output(
         registered["submission_id"],
@@ -63,10 +77,11 @@ def as_metadata(report: dict) -> dict:
 
 def rejections_observed(rejections: list[dict], on_record: int | None = None) -> dg.AssetObservation:
     """New inbox_rejection rows as an observation of the inbox asset: an entry in the UI that stays,
-    where logs scroll away. Keys, reasons and sizes only: everything here lands in the event log."""
+    where logs scroll away. File ids, reasons and sizes only: everything here lands in the event log."""
     table = markdown_table(rejections[:SHOWN_REJECTIONS])
     if len(rejections) > SHOWN_REJECTIONS:
         table += f"\n\nand {len(rejections) - SHOWN_REJECTIONS} more: `python -m workers.tables inbox_rejection`"
+    table += "\n\nA file id's key: `python -m workers.tables --find <file id>`"
     metadata = {"new_rejections": len(rejections), "rejected": dg.MetadataValue.md(table)}
     if on_record is not None:
         metadata["rejections_on_record"] = on_record
@@ -77,15 +92,16 @@ def rejections_observed(rejections: list[dict], on_record: int | None = None) ->
 
 def markdown_table(rows: list[dict]) -> str:
     columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(markdown_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(markdown_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def markdown_cell(value) -> str:
-    """A partner's key can hold a backslash, a pipe or a line break: none may end the cell or the row."""
+    """A partner's text (a declared file type, a layout id) is shown as written: a pipe or a line
+    break cannot end the cell or the row, nor a bracket, '!', '<' or '&' make a link, an image or HTML."""
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
-    return text.replace("\\", "\\\\").replace("|", "\\|")
+    return MARKDOWN_INLINE.sub(r"\\\1", text)
 
 
 @dg.job(

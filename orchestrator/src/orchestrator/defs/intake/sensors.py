@@ -1,7 +1,9 @@
 """inbox_discovery_sensor: notices complete inbox groups and asks for one registration run each.
 
 The decisions live in `workers.discovery` (pure, unit-tested); this module does the listing,
-the logging an operator sees and the RunRequests.
+the logging an operator sees and the RunRequests. A partner's key can carry a member's name: the
+grouping key goes into the run config only (the job's contract); tags, run keys, log lines and
+observations name groups and files by their ids (workers.inbox.group_id, file_id).
 """
 
 import hashlib
@@ -12,16 +14,18 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 
 import dagster as dg
+from sqlalchemy.exc import SQLAlchemyError
 from workers.db import metadata_engine
-from workers.inbox import InboxObject, list_objects, rejection_reason
+from workers.inbox import InboxObject, file_id, group_id, list_objects, rejection_reason
 from workers.outcomes import record_rejections, rejections_on_record
+from workers.runtime import describe_failure
 from workers.settings import IntakeSettings, SettingsError, load_intake_settings, load_settings
 from workers.store import make_s3_client
 
 from orchestrator.defs.intake import jobs
 from workers import discovery
 
-SHOWN_KEYS = 5
+SHOWN_NAMES = 5
 # Dagster's strict tag value form, so the tags filter and display everywhere.
 STRICT_TAG_VALUE = re.compile(r"[A-Za-z0-9_.-]{0,63}")
 NOT_IN_TAG_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -82,11 +86,16 @@ def record_shallow(
         return []
     shallow = set(shallow_keys)
     reason = lambda key: rejection_reason(key, intake.inbox_prefix, intake.group_by_depth)  # noqa: E731
-    with metadata_engine(load_settings().metadata_db_url) as engine:
-        new = record_rejections(engine, ((obj, reason(obj.key), None) for obj in objects if obj.key in shallow))
-        if not new:
-            return []
-        return [jobs.rejections_observed([asdict(r) for r in new], rejections_on_record(engine))]
+    settings = load_settings()
+    try:
+        with metadata_engine(settings.metadata_db_url) as engine:
+            new = record_rejections(engine, ((obj, reason(obj.key), None) for obj in objects if obj.key in shallow))
+            if not new:
+                return []
+            return [jobs.rejections_observed([asdict(r) for r in new], rejections_on_record(engine))]
+    except SQLAlchemyError as exc:
+        # The tick's error is stored and shown in the UI; a driver's detail lines can quote the keys.
+        raise RuntimeError(f"recording inbox rejections failed: {describe_failure(exc, settings)}") from None
 
 
 def previous_state(context: dg.SensorEvaluationContext) -> dict[str, discovery.Sighting]:
@@ -102,19 +111,24 @@ def report(log, evaluation: discovery.Evaluation, intake: IntakeSettings) -> Non
     if evaluation.shallow_keys:
         log.warning(
             f"{len(evaluation.shallow_keys)} inbox object(s) belong to no group (a group needs "
-            f"{intake.group_by_depth} folders under {intake.inbox_prefix}); first: {first(evaluation.shallow_keys)}"
+            f"{intake.group_by_depth} folders under {intake.inbox_prefix}, and a safe key); "
+            f"first: {first([file_id(key) for key in evaluation.shallow_keys])} (inbox_rejection has their keys)"
         )
     for upload in evaluation.abandoned_uploads:
         log.warning(
-            f"multipart upload {upload.key!r} (upload id {upload.upload_id}, initiated {upload.initiated.isoformat()}) "
+            f"multipart upload of {file_id(upload.key)} (upload id {upload.upload_id}, "
+            f"initiated {upload.initiated.isoformat()}) "
             f"is older than {intake.abandoned_upload_hours:g} h: treated as abandoned, "
             "it no longer holds its group open"
         )
     if evaluation.blocked:
-        log.info(f"{len(evaluation.blocked)} group(s) wait for multipart uploads: {first(list(evaluation.blocked))}")
+        blocked = [group_id(key) for key in evaluation.blocked]
+        log.info(f"{len(blocked)} group(s) wait for multipart uploads: {first(blocked)}")
     if evaluation.complete:
-        keys = [f"{c.group.grouping_key} ({c.method})" for c in evaluation.complete]
-        log.info(f"{len(keys)} group(s) complete: {first(keys)}")
+        groups = [
+            f"{group_id(c.group.grouping_key)} of {c.group.submitter_id!r} ({c.method})" for c in evaluation.complete
+        ]
+        log.info(f"{len(groups)} group(s) complete: {first(groups)}")
 
 
 def waiting_summary(evaluation: discovery.Evaluation) -> str:
@@ -122,10 +136,9 @@ def waiting_summary(evaluation: discovery.Evaluation) -> str:
     return f"no group complete: {pending} pending, {len(evaluation.blocked)} waiting for multipart uploads"
 
 
-def first(keys: list[str]) -> str:
-    # repr, so control characters in a partner's key cannot garble the log line.
-    more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
-    return ", ".join(repr(key) for key in keys[:SHOWN_KEYS]) + more
+def first(names: list[str]) -> str:
+    more = f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else ""
+    return ", ".join(names[:SHOWN_NAMES]) + more
 
 
 def run_request(complete: discovery.CompleteGroup) -> dg.RunRequest:
@@ -136,7 +149,7 @@ def run_request(complete: discovery.CompleteGroup) -> dg.RunRequest:
         run_config={"ops": {"register_submission_from_group": {"config": config}}},
         tags={
             "health-intake/submitter": tag_value(group.submitter_id),
-            "health-intake/drop": tag_value(group.drop_id),
+            "health-intake/group": group_id(group.grouping_key),
             "health-intake/grouping-method": complete.method,
         },
     )
