@@ -23,7 +23,7 @@ from orchestrator.defs.intake.sensors import inbox_discovery_sensor
 from orchestrator.defs.resources import WorkerLauncher
 from workers.catalogue import WORKERS, worker
 from workers.db import Base, InboxRejection, Submission
-from workers.inbox import InboxObject
+from workers.inbox import InboxObject, file_id
 from workers.outcomes import record_rejections
 from workers.settings import SettingsError
 
@@ -37,9 +37,11 @@ GROUP = "inbox/acme/unknown/dbroles-001/"
 
 
 def run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The command as compose's db_roles step runs it: database settings only, no object-store key."""
+    inherited = {name: value for name, value in os.environ.items() if not name.startswith("MINIO_")}
     return subprocess.run(
         [sys.executable, "-m", "workers.db_roles", command],
-        env={**os.environ, **env},
+        env={**inherited, **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -145,7 +147,7 @@ def test_each_role_is_refused_outside_its_grants(applied):
     assert allowed == []
     # ...and what the sensor is for works, through the code it runs.
     obj = InboxObject("inbox/too-shallow.csv", 3, "etag-1")
-    assert [r.key for r in record_rejections(sensor, [(obj, "too shallow", None)])] == [obj.key]
+    assert [r.file_id for r in record_rejections(sensor, [(obj, "too shallow", None)])] == [file_id(obj.key)]
     with sensor.connect() as conn:
         assert conn.scalar(sa.select(sa.func.count()).select_from(InboxRejection)) == 1
     for engine in (stager, classifier, sensor, auditor, heartbeat):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from workers.settings import SettingsError, load_settings
+from workers.settings import SettingsError, load_metadata_db_url
 
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 SCHEMA = "public"
@@ -274,7 +274,7 @@ def check(env: Mapping[str, str]) -> dict[str, list[Probe]]:
 
 
 def admin_engine(env: Mapping[str, str]) -> Engine:
-    url = load_settings(env).metadata_db_url
+    url = load_metadata_db_url(env)
     if sa.make_url(url).get_backend_name() != "postgresql":
         raise SettingsError("METADATA_DB_URL is not Postgres: SQLite (dev mode) has no roles to apply")
     # hide_parameters: a failing ALTER ROLE must not print the password it was given.

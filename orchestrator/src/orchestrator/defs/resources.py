@@ -97,10 +97,11 @@ def launch_container(
     context: Context, entry: Worker, env: Mapping[str, str], extras: Mapping[str, Any], settings: LaunchSettings
 ) -> tuple[dg.PipesClientCompletedInvocation, str]:
     client = ContainerClient()
+    image = settings.image_for(entry.image)
     try:
         invocation = client.run(
             context=context,
-            image=settings.image_for(entry.image),
+            image=image,
             command=["--pipes"],
             extras=dict(extras),
             env=dict(env),
@@ -113,6 +114,8 @@ def launch_container(
     except docker.errors.DockerException as exc:
         raise dg.Failure(description=f"{entry.name} worker could not start: {docker_problem(exc)}") from None
     finally:
+        if client.container is not None:
+            context.log.info(f"{entry.name} worker ran in container {client.container.short_id} of {image}")
         client.remove_container()
 
 
