@@ -3,7 +3,7 @@
 import crypt
 
 import pytest
-from orchestrator.ui_access import UiAccessError, main, render
+from orchestrator.ui_access import Login, UiAccessError, main, render
 
 ENV = {"UI_OPERATOR_PASSWORD": "op-secret-1", "UI_VIEWER_PASSWORD": "view-secret-2"}
 
@@ -34,3 +34,8 @@ def test_rendering_prints_no_password(tmp_path, capsys, monkeypatch):
     assert main(["render", str(tmp_path)]) == 0
     printed = capsys.readouterr()
     assert not any(value in printed.out + printed.err for value in ENV.values())
+
+
+def test_a_logins_repr_never_shows_its_password():
+    login = Login("operator", "SENTINEL-UI-PASSWORD")
+    assert "SENTINEL-UI-PASSWORD" not in repr(login) and "SENTINEL-UI-PASSWORD" not in str(login)

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 with warnings.catch_warnings():
@@ -32,7 +32,7 @@ class UiAccessError(ValueError):
 @dataclass(frozen=True)
 class Login:
     user: str
-    password: str
+    password: str = field(repr=False)
 
 
 def login_for(ui: str, env: dict[str, str]) -> Login:
