@@ -19,7 +19,7 @@ scripts/install.sh
 # arrive. Private to this user, also when an earlier run created it with looser modes.
 mkdir -p .local .dagster_home
 chmod 700 .local
-[ -f .dagster_home/dagster.yaml ] || printf 'telemetry:\n  enabled: false\n' > .dagster_home/dagster.yaml
+cp orchestrator/dagster.dev.yaml .dagster_home/dagster.yaml  # run monitoring and retries (docs/reliability.md)
 
 # The environment every dev shell shares; the README's "in another shell" step sources it.
 umask 077

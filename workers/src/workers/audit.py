@@ -1,22 +1,29 @@
 """Raw zone audit: re-reads the staged objects of the newest staged submissions and compares each
 with its manifest's SHA-256. Read-only. Runs in the stager's image; Dagster runs it as the
 `raw_copies_match_manifests` asset check of `raw_zone`.
+
+With `--stuck` it reports the drops stuck past STUCK_AFTER_MINUTES instead (workers.recovery):
+the `no_stuck_drops` check of `inbox`, when an operator runs it from the UI (the sweeper
+records the same verdict on every change).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from dataclasses import asdict
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from workers.db import Submission, metadata_engine
+from workers.db import Submission, metadata_engine, utcnow
 from workers.inbox import file_id
 from workers.manifest import Manifest
+from workers.recovery import stuck_drops
 from workers.runtime import Metadata, run_worker
-from workers.settings import Settings
+from workers.settings import Settings, load_recovery_settings
 from workers.store import NOT_FOUND, error_code, make_s3_client, sha256_of
 
 DEFAULT_LIMIT = 50
@@ -62,8 +69,16 @@ def _sha256_or_missing(s3, bucket: str, key: str) -> str:
         raise
 
 
+def stuck_report(engine: Engine, stuck_after: timedelta) -> Metadata:
+    stuck = stuck_drops(engine, utcnow(), stuck_after)
+    rows = [{**asdict(s), "since": s.since.isoformat(timespec="seconds")} for s in stuck[:50]]
+    return {"passed": not stuck, "stuck_drops": len(stuck), "stuck_table": rows}
+
+
 def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
     with metadata_engine(settings.metadata_db_url) as engine:
+        if params.get("stuck"):
+            return stuck_report(engine, timedelta(minutes=load_recovery_settings().stuck_after_minutes))
         limit = int(params.get("limit") or DEFAULT_LIMIT)
         return audit(engine=engine, s3=make_s3_client(settings), bucket=settings.bucket, limit=limit)
 
@@ -71,6 +86,7 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
 def main(argv: list[str] | None = None) -> int:
     def arguments(parser):
         parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="newest N staged submissions")
+        parser.add_argument("--stuck", action="store_true", help="report drops stuck past STUCK_AFTER_MINUTES instead")
 
     return run_worker("audit", work, argv, arguments, description=__doc__)
 

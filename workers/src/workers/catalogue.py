@@ -24,8 +24,8 @@ CONNECTION = (
     "MINIO_BUCKET",
     "MINIO_REGION",
 )
-# The reliability suite's crash points (workers.faults): forwarded when set, which only the tests do.
-TEST_HOOKS = (faults.ENV,)
+# The reliability suite's crash and pause points (workers.faults): forwarded when set, which only the tests do.
+TEST_HOOKS = (faults.ENV, faults.PAUSE_ENV, faults.PAUSE_FLAG_ENV)
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ WORKERS: dict[str, Worker] = {
             intake_settings=("RAW_PREFIX", "STAGER_DELETE_INBOX"),
         ),
         Worker("layouts", image="classifier", s3_role="layouts", db_role="layouts"),
-        Worker("audit", image="stager", s3_role="auditor", db_role="auditor"),
+        Worker("audit", image="stager", s3_role="auditor", db_role="auditor", intake_settings=("STUCK_AFTER_MINUTES",)),
     )
 }
 # The images built (images/worker.Dockerfile has one stage per image, docker-compose.yml one service).

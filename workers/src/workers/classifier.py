@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from workers.db import metadata_engine
+from workers.faults import checkpoint
 from workers.inbox import UNKNOWN, Group, InboxObject, file_id, group_from_params, group_id, group_of, list_objects
 from workers.layouts import Layout, active_layouts
 from workers.runtime import Metadata, WorkerError, run_worker
@@ -105,6 +106,7 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
         if group_of(obj.key, intake.inbox_prefix, intake.group_by_depth) == group
     ]
     files = classify_group(group, objects, layouts, classifier, intake.marker_file)
+    checkpoint("classifier.classified")
     counts = {kind: sum(f["classification"] == kind for f in files) for kind in (CLASSIFIED, UNKNOWN, AMBIGUOUS)}
     return {
         "group_id": group_id(group.grouping_key),

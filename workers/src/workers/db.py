@@ -273,3 +273,30 @@ class InboxRejection(Base):
     reason: Mapped[str] = mapped_column(String(500))
     first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DropRecovery(Base):
+    """What the sweeper did for a drop that did not converge by itself, and where it stands.
+
+    One row per drop the sweeper took up: a registration run that failed with no retry left
+    (`subject` is the drop's run key: group id @ content) or a registered submission left
+    unstaged with no run to stage it (`subject` is the submission id). Rows are kept after they
+    converge: the table is also the record of every recovery.
+    """
+
+    __tablename__ = "drop_recovery"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(String(100), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))  # registration | staging
+    group_id: Mapped[str] = mapped_column(String(64), index=True)
+    submission_id: Mapped[str | None] = mapped_column(String(64))
+    # retrying -> converged, or needs_attention (rounds spent) -> converged once a later run succeeds.
+    state: Mapped[str] = mapped_column(String(20))
+    rounds: Mapped[int] = mapped_column(Integer, default=0)  # runs the sweeper asked for
+    last_run_id: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str] = mapped_column(String(1000), default="")
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    converged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

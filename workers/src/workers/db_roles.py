@@ -35,8 +35,14 @@ SCHEMA = "public"
 # role -> table -> privileges. INSERT brings USAGE on the table's id sequence, and SELECT where
 # an insert reads back its new id (INSERT ... RETURNING needs SELECT).
 DB_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
-    # The inbox sensor (Dagster daemon): records keys that form no group, counts what is on record.
-    "sensor": {"inbox_rejection": ("SELECT", "INSERT", "UPDATE")},
+    # The Dagster daemon's sensors: the inbox sensor records keys that form no group and counts
+    # what is on record; the sweeper finds registered submissions left unstaged and keeps
+    # drop_recovery (it never deletes a row).
+    "sensor": {
+        "inbox_rejection": ("SELECT", "INSERT", "UPDATE"),
+        "submission": ("SELECT",),
+        "drop_recovery": ("SELECT", "INSERT", "UPDATE"),
+    },
     "heartbeat": {"bootstrap_heartbeat": ("SELECT", "INSERT")},
     # Layouts are retired, never deleted.
     "layouts": {"layout_registry": ("SELECT", "INSERT", "UPDATE")},
@@ -55,7 +61,8 @@ DB_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "submission_file": ("SELECT", "UPDATE"),
         "inbox_object": ("SELECT", "UPDATE"),
     },
-    "auditor": {"submission": ("SELECT",)},
+    # The raw zone audit, and the no_stuck_drops check when it is run from the UI.
+    "auditor": {"submission": ("SELECT",), "drop_recovery": ("SELECT",)},
 }
 # The Dagster daemon's own role (the inbox sensor): its METADATA_DB_URL.
 SENSOR_DB_ROLE = "sensor"

@@ -1,8 +1,11 @@
-"""Crash points for the reliability suite.
+"""Crash and pause points for the reliability suite.
 
 `WORKER_CRASH_AT=<point>:<n>` makes the n-th pass through `checkpoint("<point>")` SIGKILL its
 own process: a real crash at an exact place, which an external kill on a timer cannot aim.
-Unset (always, outside the tests), a checkpoint costs one dictionary lookup.
+`WORKER_PAUSE_AT=<point>:<n>` makes that pass stop there (for an hour), first writing the
+worker's pid to the file `WORKER_PAUSE_FLAG` names: a test then kills whatever it wants around
+a worker held at an exact place (the whole orchestrator, say) and knows when to.
+Unset (always, outside the tests), a checkpoint costs two dictionary lookups.
 """
 
 from __future__ import annotations
@@ -10,17 +13,31 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
+from pathlib import Path
 
 ENV = "WORKER_CRASH_AT"
-_passes: dict[str, int] = {}
+PAUSE_ENV = "WORKER_PAUSE_AT"
+PAUSE_FLAG_ENV = "WORKER_PAUSE_FLAG"
+PAUSE_SECONDS = 3600
+_passes: dict[tuple[str, str], int] = {}
 _lock = threading.Lock()
 
 
 def checkpoint(point: str) -> None:
-    spec = os.environ.get(ENV)
+    if _reached(ENV, point):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if _reached(PAUSE_ENV, point):
+        flag = os.environ.get(PAUSE_FLAG_ENV)
+        if flag:
+            Path(flag).write_text(str(os.getpid()))
+        time.sleep(PAUSE_SECONDS)
+
+
+def _reached(env: str, point: str) -> bool:
+    spec = os.environ.get(env)
     if not spec or spec.rpartition(":")[0] != point:
-        return
+        return False
     with _lock:
-        _passes[point] = _passes.get(point, 0) + 1
-        if _passes[point] == int(spec.rpartition(":")[2]):
-            os.kill(os.getpid(), signal.SIGKILL)
+        _passes[env, point] = _passes.get((env, point), 0) + 1
+        return _passes[env, point] == int(spec.rpartition(":")[2])

@@ -188,6 +188,54 @@ def load_db_connect_settings(env: Mapping[str, str] | None = None) -> DbConnectS
     )
 
 
+RECOVERY_DEFAULTS = {
+    "INTAKE_STEP_RETRIES": "2",
+    "INTAKE_STEP_RETRY_DELAY_SECONDS": "10",
+    "INTAKE_RUN_RETRIES": "2",
+    "SWEEP_INTERVAL_SECONDS": "60",
+    "SWEEP_ROUNDS": "3",
+    "SWEEP_BACKOFF_SECONDS": "120",
+    "STAGING_GRACE_MINUTES": "10",
+    "STUCK_AFTER_MINUTES": "60",
+}
+
+
+@dataclass(frozen=True)
+class RecoverySettings:
+    """How a drop converges after failures (orchestrator side; docs/reliability.md "Convergence").
+
+    A failed step is retried in its run after a growing delay (step retries); a run that failed
+    or lost its process is run again by Dagster (run retries); what is still unstaged after
+    that, the sweeper asks for again, up to `sweep_rounds` times with a doubling back-off, and
+    then shows as needing attention. A drop unstaged for `stuck_after_minutes` fails the
+    `no_stuck_drops` check.
+    """
+
+    step_retries: int
+    step_retry_delay_seconds: float
+    run_retries: int
+    sweep_interval_seconds: int
+    sweep_rounds: int
+    sweep_backoff_seconds: float
+    staging_grace_minutes: float
+    stuck_after_minutes: float
+
+
+def load_recovery_settings(env: Mapping[str, str] | None = None) -> RecoverySettings:
+    get = _reader(env, RECOVERY_DEFAULTS)
+    whole = lambda name, minimum: int(_number(get(name), name, minimum=minimum, integer=True))  # noqa: E731
+    return RecoverySettings(
+        step_retries=whole("INTAKE_STEP_RETRIES", 0),
+        step_retry_delay_seconds=_number(get("INTAKE_STEP_RETRY_DELAY_SECONDS"), "INTAKE_STEP_RETRY_DELAY_SECONDS", 0),
+        run_retries=whole("INTAKE_RUN_RETRIES", 0),
+        sweep_interval_seconds=whole("SWEEP_INTERVAL_SECONDS", 1),
+        sweep_rounds=whole("SWEEP_ROUNDS", 0),
+        sweep_backoff_seconds=_number(get("SWEEP_BACKOFF_SECONDS"), "SWEEP_BACKOFF_SECONDS", minimum=0),
+        staging_grace_minutes=_number(get("STAGING_GRACE_MINUTES"), "STAGING_GRACE_MINUTES", minimum=0),
+        stuck_after_minutes=_number(get("STUCK_AFTER_MINUTES"), "STUCK_AFTER_MINUTES", minimum=0),
+    )
+
+
 def _prefix(value: str, name: str) -> str:
     if not value or value.startswith("/") or not value.endswith("/") or "//" in value:
         raise SettingsError(f"{name} must be a key prefix ending in '/', such as inbox/")

@@ -17,6 +17,13 @@ dagster 1.13.27 / dagster-docker 0.29.27: on an upgrade, re-read the parts named
   exits, instead of dagster-docker's log-stream reader, which lost a report of thousands of files.
 - `worker_error` reads the run's engine events for the error the worker sent as it closed:
   Pipes logs it there, not in the exception it raises.
+- `MonitoredRunLauncher` (the instance's run launcher in both modes, dagster.yaml) is Dagster's
+  `DefaultRunLauncher` plus the run-worker health check it lacks: without one, run monitoring
+  cannot tell that a run's process died with its code server (the orchestrator killed, a power
+  loss) and the run stays STARTED for ever. It asks the code server recorded in the run's
+  `.dagster/grpc_info` tag (set by `DefaultRunLauncher.launch_run_from_grpc_client`) for its
+  current runs (`DagsterGrpcClient.get_current_runs`, the call the server answers from the
+  executions it holds).
 """
 
 from __future__ import annotations
@@ -33,6 +40,13 @@ from typing import Any
 
 import dagster as dg
 import docker.errors
+from dagster._core.errors import DagsterUserCodeUnreachableError
+from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.tags import GRPC_INFO_TAG
+from dagster._grpc.client import DagsterGrpcClient
+from dagster._grpc.types import GetCurrentRunsResult
+from dagster._serdes import deserialize_value
 from dagster_docker import PipesDockerClient
 
 Context = dg.AssetExecutionContext | dg.OpExecutionContext
@@ -220,3 +234,53 @@ def worker_error(context: Context) -> str | None:
             # Pipes prefixes the class path; the operator needs the worker's own line.
             return data.error.message.strip().removeprefix("workers.runtime.WorkerError: ")
     return None
+
+
+# --- run monitoring -------------------------------------------------------------------------
+
+# A code server that does not answer for this long is taken for dead: its runs died with it
+# (a restart starts new servers, never the old ones). Shorter silences (a busy server) are not.
+UNREACHABLE_GRACE_SECONDS = 30.0
+
+
+class MonitoredRunLauncher(DefaultRunLauncher):
+    """DefaultRunLauncher whose run workers run monitoring can check (see the module's header)."""
+
+    def __init__(self, inst_data=None):
+        super().__init__(inst_data=inst_data)
+        self._unreachable_since: dict[str, float] = {}
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        info = run.tags.get(GRPC_INFO_TAG)
+        if not info:
+            # Not launched through a code server (yet): nothing to ask; the start timeout covers it.
+            return CheckRunHealthResult(WorkerStatus.UNKNOWN, "the run names no code server", transient=True)
+        server = json.loads(info)
+        client = DagsterGrpcClient(
+            port=server.get("port"),
+            socket=server.get("socket"),
+            host=server.get("host"),
+            use_ssl=bool(server.get("use_ssl", False)),
+        )
+        try:
+            current = deserialize_value(client.get_current_runs(), GetCurrentRunsResult).current_runs
+        except DagsterUserCodeUnreachableError:
+            first = self._unreachable_since.setdefault(run.run_id, time.monotonic())
+            if time.monotonic() - first < UNREACHABLE_GRACE_SECONDS:
+                return CheckRunHealthResult(WorkerStatus.RUNNING, "code server not answering (yet)", transient=True)
+            del self._unreachable_since[run.run_id]
+            return CheckRunHealthResult(
+                WorkerStatus.FAILED,
+                f"the code server that ran it has not answered for {UNREACHABLE_GRACE_SECONDS:g} s: "
+                "its process is gone (orchestrator stopped or killed)",
+            )
+        self._unreachable_since.pop(run.run_id, None)
+        if run.run_id in current:
+            return CheckRunHealthResult(WorkerStatus.RUNNING)
+        return CheckRunHealthResult(
+            WorkerStatus.NOT_FOUND, "the code server that ran it holds no such run: its process is gone"
+        )

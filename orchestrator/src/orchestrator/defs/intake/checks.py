@@ -20,3 +20,17 @@ def raw_copies_match_manifests(context: dg.AssetCheckExecutionContext, launcher:
     if report["mismatch_table"]:
         metadata["mismatches_found"] = dg.MetadataValue.json(report["mismatch_table"])
     return dg.AssetCheckResult(passed=bool(report["passed"]), metadata=metadata)
+
+
+@dg.asset_check(
+    asset="inbox",
+    name="no_stuck_drops",
+    description=(
+        "Fails while a drop is stuck: its retries spent, or unstaged for longer than STUCK_AFTER_MINUTES. "
+        "intake_sweeper records this verdict whenever it changes; running the check asks the database now."
+    ),
+)
+def no_stuck_drops(context: dg.AssetCheckExecutionContext, launcher: WorkerLauncher) -> dg.AssetCheckResult:
+    report = launcher.run(context=context.op_execution_context, worker="audit", extras={"stuck": True})
+    metadata = as_metadata({"stuck_drops": report["stuck_drops"], "stuck": report["stuck_table"]})
+    return dg.AssetCheckResult(passed=bool(report["passed"]), metadata=metadata)

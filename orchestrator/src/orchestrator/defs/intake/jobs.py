@@ -10,13 +10,40 @@ import re
 import dagster as dg
 from pydantic import Field
 from workers.inbox import group_id
+from workers.settings import load_recovery_settings
 
 from orchestrator.defs.intake import assets
 from orchestrator.defs.resources import WorkerLauncher
 
 GROUPING_METHODS = ("marker", "quiescence")
+# Tags every intake run carries (retries keep their parent's): which group, which drop (the run
+# key of the sensor's first request: group id @ content), which sweeper round asked for it.
+PIPELINE_TAG = "health-intake/pipeline"
+GROUP_TAG = "health-intake/group"
+DROP_TAG = "health-intake/drop"
+SUBMISSION_TAG = "health-intake/submission"
+SWEEP_TAG = "health-intake/sweep"
+RECOVERY = load_recovery_settings()
+
+
+def drop_tag(run_key: str) -> str:
+    """The drop's tag value: its run key in Dagster's strict tag form (which has no '@')."""
+    return run_key.replace("@", "_")
+
+
+# A failed step is run again in its run, after a growing, jittered delay (an S3 server restarting,
+# a database failover). Every worker is idempotent, so a step never half-repeats anything.
+STEP_RETRY = dg.RetryPolicy(
+    max_retries=RECOVERY.step_retries,
+    delay=RECOVERY.step_retry_delay_seconds,
+    backoff=dg.Backoff.EXPONENTIAL,
+    jitter=dg.Jitter.PLUS_MINUS,
+)
+# A failed run (its process lost included) is run again by Dagster (instance run_retries), whole:
+# the classifier and registrar find what is registered already and the stager resumes.
+RUN_RETRY_TAGS = {"dagster/max_retries": str(RECOVERY.run_retries), "dagster/retry_strategy": "ALL_STEPS"}
 # Reported by the workers as lists; the op shows them as tables, everything else as is.
-TABLE_KEYS = ("file_table", "rejections")
+TABLE_KEYS = ("file_table", "rejections", "stuck")
 SHOWN_REJECTIONS = 20
 # The characters that start a link, an image, an autolink, raw HTML, an entity, emphasis, a code
 # span or a cell break; backslash-escaped (CommonMark allows it for each) they are only text.
@@ -30,7 +57,7 @@ class GroupConfig(dg.Config):
     )
 
 
-@dg.op(out=dg.Out(str, is_required=False, description="The submission to stage"))
+@dg.op(out=dg.Out(str, is_required=False, description="The submission to stage"), retry_policy=STEP_RETRY)
 def register_submission_from_group(context: dg.OpExecutionContext, config: GroupConfig, launcher: WorkerLauncher):
     """Classifier, then registrar: one submission (with its manifest) for the group's new content."""
     if config.grouping_method not in GROUPING_METHODS:
@@ -60,9 +87,25 @@ def register_submission_from_group(context: dg.OpExecutionContext, config: Group
     )
 
 
-@dg.op
+@dg.op(retry_policy=STEP_RETRY)
 def stage_submission(context: dg.OpExecutionContext, submission_id: str, launcher: WorkerLauncher) -> None:
     """Stager: server-side copies into raw/, each checked against the manifest's SHA-256."""
+    stage(context, submission_id, launcher)
+
+
+class SubmissionConfig(dg.Config):
+    submission_id: str = Field(description="A registered submission's id (submission.submission_id)")
+
+
+@dg.op(retry_policy=STEP_RETRY)
+def stage_registered_submission(
+    context: dg.OpExecutionContext, config: SubmissionConfig, launcher: WorkerLauncher
+) -> None:
+    """Stager, for a submission registered earlier whose staging never finished (the sweeper's)."""
+    stage(context, config.submission_id, launcher)
+
+
+def stage(context: dg.OpExecutionContext, submission_id: str, launcher: WorkerLauncher) -> None:
     staged = launcher.run(context=context, worker="stager", extras={"submission_id": submission_id})
     context.add_output_metadata(as_metadata(staged))
 
@@ -106,7 +149,15 @@ def markdown_cell(value) -> str:
 
 @dg.job(
     description="Register one complete inbox group as a submission and stage it into raw/.",
-    tags={"health-intake/pipeline": "intake"},
+    tags={PIPELINE_TAG: "intake", **RUN_RETRY_TAGS},
 )
 def register_submission_from_group_job():
     stage_submission(register_submission_from_group())
+
+
+@dg.job(
+    description="Stage a submission registered earlier and left unstaged (asked for by intake_sweeper).",
+    tags={PIPELINE_TAG: "intake", **RUN_RETRY_TAGS},
+)
+def stage_submission_job():
+    stage_registered_submission()

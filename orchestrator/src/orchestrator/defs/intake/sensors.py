@@ -149,7 +149,8 @@ def run_request(complete: discovery.CompleteGroup) -> dg.RunRequest:
         run_config={"ops": {"register_submission_from_group": {"config": config}}},
         tags={
             "health-intake/submitter": tag_value(group.submitter_id),
-            "health-intake/group": group_id(group.grouping_key),
+            jobs.GROUP_TAG: group_id(group.grouping_key),
+            jobs.DROP_TAG: jobs.drop_tag(complete.run_key),
             "health-intake/grouping-method": complete.method,
         },
     )
