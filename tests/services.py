@@ -167,6 +167,8 @@ def platform_environment(db_url: str, s3: S3Server, bucket: str) -> dict[str, st
         "MINIO_SECRET_KEY": s3.secret_key,
         "MINIO_BUCKET": bucket,
         "WORKER_LAUNCH_MODE": "subprocess",
+        # Failure-path tests fail at once; the convergence tests (tests/reliability) set their own.
+        "INTAKE_STEP_RETRIES": "0",
     }
 
 

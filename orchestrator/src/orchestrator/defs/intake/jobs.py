@@ -5,7 +5,10 @@ everything else the run shows (logs, metadata, observations, failures) names the
 id (workers.inbox.group_id) and files by theirs, since a partner's key can carry a member's name.
 """
 
+import random
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 from pydantic import Field
@@ -24,6 +27,9 @@ DROP_TAG = "health-intake/drop"
 SUBMISSION_TAG = "health-intake/submission"
 SWEEP_TAG = "health-intake/sweep"
 RECOVERY = load_recovery_settings()
+# A failed run (its process lost included) is run again by Dagster (instance run_retries), whole:
+# the classifier and registrar find what is registered already and the stager resumes.
+RUN_RETRY_TAGS = {"dagster/max_retries": str(RECOVERY.run_retries), "dagster/retry_strategy": "ALL_STEPS"}
 
 
 def drop_tag(run_key: str) -> str:
@@ -31,17 +37,6 @@ def drop_tag(run_key: str) -> str:
     return run_key.replace("@", "_")
 
 
-# A failed step is run again in its run, after a growing, jittered delay (an S3 server restarting,
-# a database failover). Every worker is idempotent, so a step never half-repeats anything.
-STEP_RETRY = dg.RetryPolicy(
-    max_retries=RECOVERY.step_retries,
-    delay=RECOVERY.step_retry_delay_seconds,
-    backoff=dg.Backoff.EXPONENTIAL,
-    jitter=dg.Jitter.PLUS_MINUS,
-)
-# A failed run (its process lost included) is run again by Dagster (instance run_retries), whole:
-# the classifier and registrar find what is registered already and the stager resumes.
-RUN_RETRY_TAGS = {"dagster/max_retries": str(RECOVERY.run_retries), "dagster/retry_strategy": "ALL_STEPS"}
 # Reported by the workers as lists; the op shows them as tables, everything else as is.
 TABLE_KEYS = ("file_table", "rejections", "stuck")
 SHOWN_REJECTIONS = 20
@@ -57,13 +52,18 @@ class GroupConfig(dg.Config):
     )
 
 
-@dg.op(out=dg.Out(str, is_required=False, description="The submission to stage"), retry_policy=STEP_RETRY)
+@dg.op(out=dg.Out(str, is_required=False, description="The submission to stage"))
 def register_submission_from_group(context: dg.OpExecutionContext, config: GroupConfig, launcher: WorkerLauncher):
     """Classifier, then registrar: one submission (with its manifest) for the group's new content."""
     if config.grouping_method not in GROUPING_METHODS:
         raise dg.Failure(
             description=f"grouping_method must be one of {GROUPING_METHODS}, not {config.grouping_method!r}"
         )
+    with step_retries(context):
+        yield from register(context, config, launcher)
+
+
+def register(context: dg.OpExecutionContext, config: GroupConfig, launcher: WorkerLauncher):
     classified = launcher.run(context=context, worker="classifier", extras={"grouping_key": config.grouping_key})
     extras = {
         "grouping_key": config.grouping_key,
@@ -87,7 +87,7 @@ def register_submission_from_group(context: dg.OpExecutionContext, config: Group
     )
 
 
-@dg.op(retry_policy=STEP_RETRY)
+@dg.op
 def stage_submission(context: dg.OpExecutionContext, submission_id: str, launcher: WorkerLauncher) -> None:
     """Stager: server-side copies into raw/, each checked against the manifest's SHA-256."""
     stage(context, submission_id, launcher)
@@ -97,7 +97,7 @@ class SubmissionConfig(dg.Config):
     submission_id: str = Field(description="A registered submission's id (submission.submission_id)")
 
 
-@dg.op(retry_policy=STEP_RETRY)
+@dg.op
 def stage_registered_submission(
     context: dg.OpExecutionContext, config: SubmissionConfig, launcher: WorkerLauncher
 ) -> None:
@@ -106,8 +106,28 @@ def stage_registered_submission(
 
 
 def stage(context: dg.OpExecutionContext, submission_id: str, launcher: WorkerLauncher) -> None:
-    staged = launcher.run(context=context, worker="stager", extras={"submission_id": submission_id})
+    with step_retries(context):
+        staged = launcher.run(context=context, worker="stager", extras={"submission_id": submission_id})
     context.add_output_metadata(as_metadata(staged))
+
+
+@contextmanager
+def step_retries(context: dg.OpExecutionContext) -> Iterator[None]:
+    """A worker's failure runs the step again in its run, INTAKE_STEP_RETRIES times after a doubling,
+    jittered delay (an S3 server restarting, a database failover); every worker is idempotent, so
+    a step never half-repeats anything. The last failure is the worker's own, not "retries exceeded"."""
+    retries = load_recovery_settings()
+    try:
+        yield
+    except dg.Failure as failure:
+        attempt = context.retry_number
+        if attempt >= retries.step_retries:
+            raise
+        wait = retries.step_retry_delay_seconds * 2**attempt * random.uniform(0.75, 1.25)
+        context.log.warning(
+            f"{failure.description}: step retry {attempt + 1} of {retries.step_retries} in {wait:.0f} s"
+        )
+        raise dg.RetryRequested(max_retries=retries.step_retries, seconds_to_wait=wait) from None
 
 
 def as_metadata(report: dict) -> dict:
