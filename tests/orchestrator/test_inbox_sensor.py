@@ -165,6 +165,7 @@ def test_a_marked_group_is_requested_with_its_key_in_the_run_config_only(inbox, 
     assert {k: v for k, v in request.tags.items() if k.startswith("health-intake/")} == {
         "health-intake/submitter": "acme",
         "health-intake/group": group_id(DROP),
+        "health-intake/drop": request.run_key.replace("@", "_"),
         "health-intake/grouping-method": "marker",
     }
     assert request.run_key.startswith(group_id(DROP) + "@")

@@ -2,9 +2,10 @@
 
 `WORKER_CRASH_AT=<point>:<n>` makes the n-th pass through `checkpoint("<point>")` SIGKILL its
 own process: a real crash at an exact place, which an external kill on a timer cannot aim.
-`WORKER_PAUSE_AT=<point>:<n>` makes that pass stop there (for an hour), first writing the
-worker's pid to the file `WORKER_PAUSE_FLAG` names: a test then kills whatever it wants around
-a worker held at an exact place (the whole orchestrator, say) and knows when to.
+`WORKER_PAUSE_AT=<point>:<n>` makes that pass stop there, first writing the worker's pid to the
+file `WORKER_PAUSE_FLAG` names, until a file of that name plus `.released` appears (an hour at
+most); once it exists no worker pauses again. A test then does what it wants around a worker
+held at an exact place (kills the whole orchestrator, stops the S3 server) and knows when to.
 Unset (always, outside the tests), a checkpoint costs two dictionary lookups.
 """
 
@@ -28,10 +29,17 @@ def checkpoint(point: str) -> None:
     if _reached(ENV, point):
         os.kill(os.getpid(), signal.SIGKILL)
     if _reached(PAUSE_ENV, point):
-        flag = os.environ.get(PAUSE_FLAG_ENV)
-        if flag:
-            Path(flag).write_text(str(os.getpid()))
-        time.sleep(PAUSE_SECONDS)
+        _pause(Path(os.environ.get(PAUSE_FLAG_ENV) or "/nonexistent/pause"))
+
+
+def _pause(flag: Path) -> None:
+    released = flag.with_name(flag.name + ".released")
+    if released.exists():
+        return
+    flag.write_text(str(os.getpid()))
+    deadline = time.monotonic() + PAUSE_SECONDS
+    while not released.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def _reached(env: str, point: str) -> bool:

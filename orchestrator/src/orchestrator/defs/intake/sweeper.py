@@ -219,44 +219,37 @@ def intake_sweeper(context: dg.SensorEvaluationContext) -> dg.SensorResult:
 
 
 def sweep(instance: dg.DagsterInstance, engine, now: datetime, settings: RecoverySettings) -> list[Verdict]:
+    """A group with a registered, unstaged submission is the staging path's (what is left of its drop
+    is staging); any other failed drop is the registration path's."""
     verdicts: list[Verdict] = []
-    asked_groups: set[str] = set()
     open_rows = open_recoveries(engine)
-    registered_before = now - timedelta(minutes=settings.staging_grace_minutes)
-    unstaged = {u.submission_id: u for u in unstaged_submissions(engine, registered_before)}
-    for submission_id, row in open_rows.items():
-        if row.kind == STAGING and submission_id not in unstaged:
+    unstaged = {u.submission_id: u for u in unstaged_submissions(engine, registered_before=now)}
+    staging_groups = {u.group_id for u in unstaged.values()}
+    grace = timedelta(minutes=settings.staging_grace_minutes)
+    for subject, row in open_rows.items():
+        if row.kind == STAGING and subject not in unstaged:
             verdicts.append(Verdict(replace(row, state=CONVERGED)))  # staged since, or no longer registered
+        elif row.kind == REGISTRATION and row.group_id in staging_groups:
+            verdicts.append(Verdict(replace(row, state=CONVERGED, last_error="registered; staging is followed")))
     for item in unstaged.values():
+        if now - item.registered_at < grace:
+            continue  # its run, or Dagster's retries of it, may still stage it
         stage_runs = runs(instance, {jobs.SUBMISSION_TAG: item.submission_id})
-        verdict = staging_verdict(
-            item,
-            stage_runs,
-            runs(instance, {jobs.GROUP_TAG: item.group_id}, active_only=True),
-            now,
-            settings,
-            last_error(instance, stage_runs),
-        )
+        active = runs(instance, {jobs.GROUP_TAG: item.group_id}, active_only=True)
+        verdict = staging_verdict(item, stage_runs, active, now, settings, last_error(instance, stage_runs))
         if verdict:
             verdicts.append(verdict)
-            if verdict.ask:
-                asked_groups.add(item.group_id)
     drops = {r.tags[jobs.DROP_TAG] for r in failed_runs(instance, now - LOOKBACK) if jobs.DROP_TAG in r.tags}
     drops |= {subject for subject, row in open_rows.items() if row.kind == REGISTRATION}
     for drop in sorted(drops):
         drop_runs = runs(instance, {jobs.DROP_TAG: drop})
-        if not drop_runs:
+        group = drop_runs[0].tags.get(jobs.GROUP_TAG, "") if drop_runs else ""
+        if not drop_runs or group in staging_groups:
             continue
-        group = drop_runs[0].tags.get(jobs.GROUP_TAG, "")
-        if group in asked_groups:
-            continue
-        verdict = registration_verdict(
-            drop, drop_runs, runs(instance, {jobs.GROUP_TAG: group}), now, settings, last_error(instance, drop_runs)
-        )
+        group_runs = runs(instance, {jobs.GROUP_TAG: group})
+        verdict = registration_verdict(drop, drop_runs, group_runs, now, settings, last_error(instance, drop_runs))
         if verdict:
             verdicts.append(verdict)
-            if verdict.ask:
-                asked_groups.add(group)
     return verdicts
 
 
