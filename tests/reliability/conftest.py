@@ -31,6 +31,7 @@ class Ledger(Counter):
         self.points: set[str] = set()
         self.bad_inputs: list[tuple[str, str, str]] = []  # case, key, outcome
         self.servers: set[str] = set()  # the S3 servers the immutability tests ran against
+        self.convergence: list[tuple[str, float]] = []  # scenario, seconds until the drop was staged
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +58,9 @@ def write_report(counts: Ledger) -> None:
         ("outages survived (object store or database down)", counts["outages_survived"]),
         ("bad inputs tried", counts["bad_inputs"]),
         ("raw overwrites attempted and refused by the server", counts["overwrites_refused"]),
+        ("drops converged after the whole orchestrator was killed mid-run", counts["orchestrator_kills_converged"]),
+        ("drops converged after the object store was down past every retry", counts["outages_converged"]),
+        ("poison drops stopped at the retry limit, shown as needing attention", counts["poison_drops_held"]),
         ("files checked after faults", counts["files_checked"]),
         ("files lost", counts["files_lost"]),
         ("files duplicated", counts["files_duplicated"]),
@@ -82,6 +86,11 @@ def write_report(counts: Ledger) -> None:
         + ". MinIO could not be run here (see tests/reliability/test_immutability.py).",
         "",
     ]
+    if counts.convergence:
+        lines += ["## Convergence: time until the drop was staged and its inbox cleaned, with no human action", ""]
+        lines += ["| scenario | seconds |", "| --- | ---: |"]
+        lines += [f"| {what} | {seconds:.0f} |" for what, seconds in counts.convergence]
+        lines += ["", "Measured from the restart (orchestrator killed) or from the object store's return (outage).", ""]
     if counts.bad_inputs:
         lines += ["## Bad inputs and their recorded outcomes", "", "| case | key | outcome |", "| --- | --- | --- |"]
         lines += [f"| {case} | `{shorten(key)}` | {outcome} |" for case, key, outcome in counts.bad_inputs]

@@ -146,6 +146,8 @@ def staging_verdict(
         return None
     rounds = max((r.sweep_round for r in stage_runs), default=0)
     latest = max(stage_runs, key=lambda r: r.created, default=None)
+    if latest and latest.retry_pending and now - (latest.ended or latest.created) < RETRY_PENDING:
+        return None
     record = Recovery(
         unstaged.submission_id,
         STAGING,

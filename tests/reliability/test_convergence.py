@@ -1,0 +1,219 @@
+"""Every complete drop ends staged without a human: the operator's worst night, automated.
+
+Real `./dev_up.sh` (dagster dev with its daemon, run monitoring, run retries and intake_sweeper),
+a real S3 server of the test's own (so it outlives the orchestrator, or is stopped while the
+orchestrator lives), real workers held at exact points by `workers.faults` pause points.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from workers.inbox import group_id
+
+from tests.conftest import S3_KEYS, S3Server, drop_files, start_s3_server, stop_process_group, wait_for_s3
+from tests.reliability.conftest import staged_state
+from tests.services import DevUpProcess, fresh_copy
+
+FILES = {f"claims_{n}.csv": os.urandom(2_000_000) for n in range(3)}
+# Quick rounds for a test: the defaults are minutes (workers.settings.RECOVERY_DEFAULTS).
+QUICK_RECOVERY = {
+    "INTAKE_STEP_RETRIES": "1",
+    "INTAKE_STEP_RETRY_DELAY_SECONDS": "2",
+    "INTAKE_RUN_RETRIES": "1",
+    "SWEEP_INTERVAL_SECONDS": "5",
+    "SWEEP_ROUNDS": "2",
+    "SWEEP_BACKOFF_SECONDS": "10",
+    "STAGING_GRACE_MINUTES": "0.25",
+    "STUCK_AFTER_MINUTES": "30",
+}
+CONVERGE_TIMEOUT = 420
+
+
+class Platform:
+    """dev_up.sh in a copy of the repository, against an S3 server this test starts and stops."""
+
+    def __init__(self, copy: Path, work: Path, bucket: str, extra_env: dict[str, str]):
+        self.copy, self.bucket, self.extra_env = copy, bucket, extra_env
+        self.s3_data, self.s3_log = work / "s3", work / "s3.log"
+        self.s3_proc, self.s3_port = start_s3_server(self.s3_data, self.s3_log)
+        self.s3 = S3Server(f"http://127.0.0.1:{self.s3_port}", *S3_KEYS)
+        wait_for_s3(self.s3, self.s3_proc, self.s3_log)
+        self.flag = work / "paused"
+        self.dev: DevUpProcess | None = None
+
+    def start(self, pause_at: str | None = None) -> float:
+        self.dev = DevUpProcess(self.copy, s3_port=self.s3_port)
+        self.dev.env.update({"MINIO_BUCKET": self.bucket, **QUICK_RECOVERY, **self.extra_env})
+        if pause_at:
+            self.dev.env.update({"WORKER_PAUSE_AT": pause_at, "WORKER_PAUSE_FLAG": str(self.flag)})
+        return self.dev.start()
+
+    def wait_until_paused(self, timeout: float = 240) -> int:
+        deadline = time.monotonic() + timeout
+        while not (self.flag.exists() and self.flag.read_text()):
+            assert time.monotonic() < deadline, f"no worker reached the pause point: {self.dev.log.read_text()[-2000:]}"
+            time.sleep(0.5)
+        return int(self.flag.read_text())
+
+    def release(self) -> None:
+        self.flag.with_name(self.flag.name + ".released").touch()
+
+    def power_loss(self) -> None:
+        """SIGKILL dev_up.sh, dagster dev and every process of theirs (all run in the copy), as a power
+        loss would: no handler runs. The S3 server (outside the copy) keeps running."""
+        for proc in Path("/proc").iterdir():
+            try:
+                inside = proc.name.isdigit() and Path(os.readlink(proc / "cwd")).is_relative_to(self.copy)
+            except OSError:
+                continue
+            if inside and int(proc.name) != os.getpid():
+                try:
+                    os.kill(int(proc.name), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.dev.proc.wait(timeout=30)
+
+    def stop_s3(self) -> None:
+        stop_process_group(self.s3_proc)
+
+    def start_s3(self) -> None:
+        self.s3_proc = start_s3_server(self.s3_data, self.s3_log, port=self.s3_port)[0]
+        wait_for_s3(self.s3, self.s3_proc, self.s3_log)
+
+    def env(self) -> dict[str, str]:
+        return {"METADATA_DB_URL": f"sqlite:///{self.copy}/.local/metadata.db", "MINIO_BUCKET": self.bucket}
+
+    def runs(self, group: str) -> list[dict]:
+        query = (
+            '{ runsOrError(filter: {tags: [{key: "health-intake/group", value: "%s"}]}) '
+            "{ ... on Runs { results { runId status jobName tags { key value } } } } }"
+        ) % group_id(group)
+        return self.dev.graphql(query)["runsOrError"]["results"]
+
+    def recovery_rows(self) -> list[dict]:
+        engine = sa.create_engine(self.env()["METADATA_DB_URL"])
+        with engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(sa.text("SELECT * FROM drop_recovery"))]
+        engine.dispose()
+        return rows
+
+    def wait_for(self, what, timeout: float = CONVERGE_TIMEOUT, every: float = 3):
+        began, deadline = time.monotonic(), time.monotonic() + timeout
+        while True:
+            found = what()
+            if found:
+                return time.monotonic() - began
+            assert time.monotonic() < deadline, f"not within {timeout} s: {self.dev.log.read_text()[-3000:]}"
+            time.sleep(every)
+
+    def converged(self, group: str) -> bool:
+        state = staged_state(self.env(), self.s3.client(), group, FILES)
+        return state["staged_submissions"] == 1 and state["inbox_left"] == 0 and state["files_lost"] == 0
+
+    def close(self) -> None:
+        if self.dev is not None:
+            self.dev.kill_leftovers()
+        self.stop_s3()
+
+
+@pytest.fixture(scope="module")
+def copy(tmp_path_factory) -> Path:
+    return fresh_copy(tmp_path_factory.mktemp("convergence") / "copy")
+
+
+@pytest.fixture
+def platform(copy, tmp_path, request):
+    extra = getattr(request, "param", {})
+    shutil.rmtree(copy / ".dagster_home", ignore_errors=True)  # each scenario its own runs
+    made = Platform(copy, tmp_path, f"conv-{tmp_path.name[-12:].lower().replace('_', '-')}", extra)
+    made.s3.client().create_bucket(Bucket=made.bucket)
+    yield made
+    made.close()
+
+
+def assert_exactly_once(platform: Platform, group: str, ledger) -> None:
+    state = staged_state(platform.env(), platform.s3.client(), group, FILES)
+    ledger.update(files_checked=state["files_checked"], files_lost=state["files_lost"])
+    ledger.update(files_duplicated=state["files_duplicated"])
+    assert (state["submissions"], state["staged_submissions"]) == (1, 1), state
+    assert (state["files_lost"], state["files_duplicated"]) == (0, 0), state
+    assert state["manifests_ok"], state
+    assert (state["inbox_left"], state["inbox_rows_unremoved"]) == (0, 0), state
+
+
+@pytest.mark.parametrize("point", ["classifier.classified:1", "registrar.committed:1", "stager.copied:2"])
+def test_a_drop_converges_after_the_whole_orchestrator_is_killed_mid_run(platform, point, ledger):
+    group = f"inbox/acme/unknown/killed-{point.split('.')[0]}/"
+    platform.start(pause_at=point)
+    drop_files(platform.s3.client(), platform.bucket, group, FILES)
+    worker = platform.wait_until_paused()
+    (interrupted,) = [r for r in platform.runs(group) if r["status"] == "STARTED"]
+
+    platform.power_loss()
+    assert not Path(f"/proc/{worker}").exists(), "the paused worker outlived the power loss"
+    platform.start()  # as after a power loss: no pause point, nothing else done by hand
+    seconds = platform.wait_for(lambda: platform.converged(group))
+
+    assert_exactly_once(platform, group, ledger)
+    runs = {r["runId"]: r for r in platform.runs(group)}
+    assert runs[interrupted["runId"]]["status"] == "FAILURE", "the interrupted run is not marked failed"
+    assert any(r["status"] == "SUCCESS" for r in runs.values())
+    ledger.update(orchestrator_kills_converged=1)
+    ledger.convergence.append((f"orchestrator killed at {point}", seconds))
+
+
+def test_a_drop_converges_after_the_object_store_is_down_longer_than_every_retry(platform, ledger):
+    group = "inbox/acme/unknown/s3-outage/"
+    platform.start(pause_at="stager.copied:1")
+    drop_files(platform.s3.client(), platform.bucket, group, FILES)
+    platform.wait_until_paused()
+    platform.stop_s3()
+    platform.release()  # the stager goes on into a dead server; step and run retries fail too
+    platform.wait_for(lambda: any(r["status"] == "FAILURE" for r in platform.runs(group)), timeout=240)
+    time.sleep(60)  # down for longer than the step retries (2 s, x2) and the run retry take
+    platform.start_s3()
+    back = time.monotonic()
+    platform.wait_for(lambda: platform.converged(group))
+
+    assert_exactly_once(platform, group, ledger)
+    assert len(platform.runs(group)) >= 3, "the drop converged without the retries this test is about"
+    ledger.update(outages_converged=1)
+    ledger.convergence.append(("object store down during staging, then back", time.monotonic() - back))
+
+
+def test_a_poison_drop_stops_at_the_limit_needs_attention_and_others_keep_flowing(platform, ledger):
+    poison, good = "inbox/acme/unknown/poison/", "inbox/acme/unknown/after-poison/"
+    platform.start(pause_at="registrar.committed:1")
+    drop_files(platform.s3.client(), platform.bucket, poison, FILES)
+    platform.wait_until_paused()
+    # Squat one of its raw keys with other bytes: the stager is refused on every attempt, for real.
+    engine = sa.create_engine(platform.env()["METADATA_DB_URL"])
+    with engine.connect() as conn:
+        raw_key = conn.execute(sa.text("SELECT raw_key FROM submission_file LIMIT 1")).scalar_one()
+    engine.dispose()
+    platform.s3.client().put_object(Bucket=platform.bucket, Key=raw_key, Body=b"somebody else's bytes")
+    platform.release()
+    drop_files(platform.s3.client(), platform.bucket, good, FILES)
+
+    platform.wait_for(lambda: platform.converged(good))
+    platform.wait_for(lambda: any(r["state"] == "needs_attention" for r in platform.recovery_rows()))
+    (row,) = platform.recovery_rows()
+    assert (row["kind"], row["group_id"], row["rounds"]) == ("staging", group_id(poison), 2)
+    assert "already exists with different bytes" in row["last_error"], row
+    runs_at_limit = len(platform.runs(poison))
+    time.sleep(30)  # several sweeper ticks: no further run for the poison drop
+    assert len(platform.runs(poison)) == runs_at_limit
+    # Shown in the UI: the no_stuck_drops check of the inbox asset failed, naming the group.
+    check = platform.dev.graphql(
+        '{ assetNodes(assetKeys: [{path: ["inbox"]}]) { assetChecksOrError { ... on AssetChecks { checks { '
+        "name executionForLatestMaterialization { evaluation { success } } } } } } }"
+    )
+    ledger.update(poison_drops_held=1)
+    assert check, "the inbox asset has no checks"
