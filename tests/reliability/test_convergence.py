@@ -92,9 +92,9 @@ class Platform:
 
     def runs(self, group: str) -> list[dict]:
         query = (
-            '{ runsOrError(filter: {tags: [{key: "health-intake/group", value: "%s"}]}) '
+            '{ runsOrError(filter: {tags: [{key: "health-intake/group", value: "GROUP"}]}) '
             "{ ... on Runs { results { runId status jobName tags { key value } } } } }"
-        ) % group_id(group)
+        ).replace("GROUP", group_id(group))
         return self.dev.graphql(query)["runsOrError"]["results"]
 
     def recovery_rows(self) -> list[dict]:
