@@ -1,0 +1,152 @@
+"""intake_sweeper's decisions (pure) and its tick against a real instance and metadata DB."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from orchestrator.definitions import defs
+from orchestrator.defs.intake import jobs
+from orchestrator.defs.intake.sweeper import (
+    CHECK_NAME,
+    RunInfo,
+    intake_sweeper,
+    registration_verdict,
+    staging_verdict,
+)
+from workers.db import Submission, make_engine
+from workers.inbox import group_id
+from workers.recovery import Unstaged, stuck_drops
+from workers.settings import load_recovery_settings
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+SETTINGS = load_recovery_settings({"SWEEP_ROUNDS": "2", "SWEEP_BACKOFF_SECONDS": "60", "STAGING_GRACE_MINUTES": "10"})
+GROUP = "inbox/acme/unknown/drop-001/"
+DROP = f"{group_id(GROUP)}_0123456789abcdef"
+CONFIG = {"ops": {"register_submission_from_group": {"config": {"grouping_key": GROUP, "grouping_method": "marker"}}}}
+
+
+def run(status: str, minutes_ago: float, sweep: int = 0, run_id: str = "r", **tags: str) -> RunInfo:
+    created = NOW - timedelta(minutes=minutes_ago)
+    all_tags = {jobs.GROUP_TAG: group_id(GROUP), jobs.DROP_TAG: DROP, **tags}
+    if sweep:
+        all_tags[jobs.SWEEP_TAG] = str(sweep)
+    ended = created + timedelta(seconds=30) if status in ("SUCCESS", "FAILURE", "CANCELED") else None
+    return RunInfo(run_id, jobs.register_submission_from_group_job.name, status, created, ended, all_tags, CONFIG)
+
+
+def test_a_failed_drop_with_no_retry_left_is_asked_for_again_with_a_run_key_naming_the_round():
+    failed = run("FAILURE", 5)
+    verdict = registration_verdict(DROP, [failed], [failed], NOW, SETTINGS, "stager worker failed: boom")
+    assert verdict.ask.run_key == f"{DROP}~sweep-1"
+    assert verdict.ask.run_config == CONFIG
+    assert verdict.ask.tags[jobs.DROP_TAG] == DROP and verdict.ask.tags[jobs.SWEEP_TAG] == "1"
+    assert (verdict.recovery.state, verdict.recovery.rounds) == ("retrying", 1)
+    assert verdict.recovery.last_error == "stager worker failed: boom"
+
+
+def test_the_next_round_waits_out_a_doubling_back_off():
+    second = run("FAILURE", 1.5, sweep=1)  # ended 60 s ago; round 2 is due 120 s after it
+    verdict = registration_verdict(DROP, [run("FAILURE", 20), second], [], NOW, SETTINGS)
+    assert verdict.ask is None and verdict.recovery.state == "retrying"
+    assert verdict.recovery.next_attempt_at == second.ended + timedelta(seconds=120)
+    later = registration_verdict(DROP, [run("FAILURE", 20), second], [], NOW + timedelta(seconds=61), SETTINGS)
+    assert later.ask.run_key == f"{DROP}~sweep-2"
+
+
+def test_after_the_last_round_the_drop_needs_attention_and_nothing_is_asked():
+    runs = [run("FAILURE", 30), run("FAILURE", 20, sweep=1), run("FAILURE", 10, sweep=2)]
+    verdict = registration_verdict(DROP, runs, runs, NOW, SETTINGS, "the reason")
+    assert verdict.ask is None
+    assert (verdict.recovery.state, verdict.recovery.rounds, verdict.recovery.last_error) == (
+        "needs_attention",
+        2,
+        "the reason",
+    )
+
+
+@pytest.mark.parametrize(
+    "runs, group_runs",
+    [
+        ([run("FAILURE", 10), run("STARTED", 1)], []),  # Dagster's retry is going
+        ([run("FAILURE", 10)], [run("QUEUED", 1, run_id="other")]),  # another run of the group is
+        ([run("FAILURE", 1, **{"dagster/will_retry": "true"})], []),  # Dagster is about to retry it
+    ],
+)
+def test_nothing_is_asked_while_a_run_of_the_group_goes_or_dagster_will_retry(runs, group_runs):
+    assert registration_verdict(DROP, runs, group_runs, NOW, SETTINGS) is None
+
+
+def test_a_later_success_of_the_drop_or_of_its_group_is_convergence():
+    failed = run("FAILURE", 10)
+    assert registration_verdict(DROP, [failed, run("SUCCESS", 5)], [], NOW, SETTINGS).recovery.state == "converged"
+    newer = run("SUCCESS", 5, run_id="newer-content", **{jobs.DROP_TAG: "g-x_other"})
+    assert registration_verdict(DROP, [failed], [failed, newer], NOW, SETTINGS).recovery.state == "converged"
+
+
+def test_a_registered_submission_gets_a_staging_run_after_the_grace_and_rounds_like_a_drop():
+    unstaged = Unstaged("sub-1", group_id(GROUP), NOW - timedelta(minutes=11))
+    first = staging_verdict(unstaged, [], [], NOW, SETTINGS)
+    assert first.ask.job == "stage_submission_job" and first.ask.run_key == "sub-1~stage-1"
+    assert first.ask.run_config == {"ops": {"stage_registered_submission": {"config": {"submission_id": "sub-1"}}}}
+    assert first.ask.tags == {jobs.GROUP_TAG: group_id(GROUP), jobs.SUBMISSION_TAG: "sub-1", jobs.SWEEP_TAG: "1"}
+    young = Unstaged("sub-1", group_id(GROUP), NOW - timedelta(minutes=5))
+    assert staging_verdict(young, [], [], NOW, SETTINGS).ask is None
+    spent = [run("FAILURE", 9, sweep=1), run("FAILURE", 3, sweep=2)]
+    assert staging_verdict(unstaged, spent, [], NOW, SETTINGS).recovery.state == "needs_attention"
+    assert staging_verdict(unstaged, [], [run("STARTED", 1)], NOW, SETTINGS) is None
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as made:
+        yield made
+
+
+def test_a_tick_stages_an_unstaged_submission_records_it_and_fails_the_check(platform_env, instance, monkeypatch):
+    monkeypatch.setenv("STAGING_GRACE_MINUTES", "0")
+    engine = make_engine(platform_env.metadata_db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(Submission).values(
+                submission_id="sub-unstaged",
+                submitter_id="acme",
+                file_type="unknown",
+                grouping_key=GROUP,
+                grouping_method="marker",
+                content_hash="c" * 64,
+                raw_prefix="raw/acme/unknown/sub-unstaged/",
+                manifest_key="raw/acme/unknown/sub-unstaged/_manifest.json",
+                file_count=1,
+                total_bytes=1,
+                status="registered",
+                created_at=datetime.now(UTC) - timedelta(hours=2),
+            )
+        )
+    context = dg.build_sensor_context(instance=instance, definitions=defs)
+    result = intake_sweeper.evaluate_tick(context)
+
+    (request,) = result.run_requests
+    assert request.job_name == "stage_submission_job" and request.run_key == "sub-unstaged~stage-1"
+    rows = engine.connect().execute(sa.text("SELECT subject, kind, state, rounds FROM drop_recovery")).all()
+    assert [tuple(r) for r in rows] == [("sub-unstaged", "staging", "retrying", 1)]
+    (evaluation,) = [e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
+    assert evaluation.check_name == CHECK_NAME and not evaluation.passed  # registered 2 h ago: past 60 min
+    assert "sub-unstaged" in str(evaluation.metadata["stuck"].value) and GROUP not in str(evaluation.metadata)
+    assert [s.subject for s in stuck_drops(engine, datetime.now(UTC), timedelta(minutes=60))] == ["sub-unstaged"]
+
+    again = intake_sweeper.evaluate_tick(
+        dg.build_sensor_context(instance=instance, definitions=defs, cursor=result.cursor)
+    )
+    assert not [e for e in again.asset_events if isinstance(e, dg.AssetCheckEvaluation)], "unchanged: not re-recorded"
+    engine.dispose()
+
+
+def test_a_tick_with_the_metadata_db_down_asks_for_nothing_and_keeps_its_cursor(platform_env, instance, monkeypatch):
+    monkeypatch.setenv("METADATA_DB_URL", "postgresql+psycopg2://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv("DB_CONNECT_ATTEMPTS", "1")
+    result = intake_sweeper.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs, cursor="abc"))
+    assert not result.run_requests and result.cursor == "abc"
+    assert "metadata database unavailable" in result.skip_message
