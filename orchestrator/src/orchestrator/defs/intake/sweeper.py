@@ -117,7 +117,7 @@ def registration_verdict(
         return Verdict(replace(record, state=CONVERGED))
     if any(r.active for r in (*drop_runs, *group_runs)) or latest.status not in FAILED:
         return None
-    if latest.retry_pending and now - (latest.ended or latest.created) < RETRY_PENDING:
+    if retry_coming(latest, now):
         return None
     if rounds >= settings.sweep_rounds:
         return Verdict(replace(record, state=NEEDS_ATTENTION))
@@ -142,12 +142,10 @@ def staging_verdict(
     settings: RecoverySettings,
     last_error: str = "",
 ) -> Verdict | None:
-    if any(r.active for r in (*stage_runs, *group_runs)):
+    if any(r.active or retry_coming(r, now) for r in (*stage_runs, *group_runs)):
         return None
     rounds = max((r.sweep_round for r in stage_runs), default=0)
     latest = max(stage_runs, key=lambda r: r.created, default=None)
-    if latest and latest.retry_pending and now - (latest.ended or latest.created) < RETRY_PENDING:
-        return None
     record = Recovery(
         unstaged.submission_id,
         STAGING,
@@ -175,6 +173,11 @@ def staging_verdict(
         },
     )
     return Verdict(replace(record, rounds=rounds + 1), ask)
+
+
+def retry_coming(run: RunInfo, now: datetime) -> bool:
+    """Dagster said it will retry this failed run and has not yet: its retry comes within seconds."""
+    return run.retry_pending and now - (run.ended or run.created) < RETRY_PENDING
 
 
 def backoff(settings: RecoverySettings, rounds: int) -> timedelta:
@@ -237,8 +240,8 @@ def sweep(instance: dg.DagsterInstance, engine, now: datetime, settings: Recover
         if now - item.registered_at < grace:
             continue  # its run, or Dagster's retries of it, may still stage it
         stage_runs = runs(instance, {jobs.SUBMISSION_TAG: item.submission_id})
-        active = runs(instance, {jobs.GROUP_TAG: item.group_id}, active_only=True)
-        verdict = staging_verdict(item, stage_runs, active, now, settings, last_error(instance, stage_runs))
+        group_runs = runs(instance, {jobs.GROUP_TAG: item.group_id}, since=now - RETRY_PENDING)
+        verdict = staging_verdict(item, stage_runs, group_runs, now, settings, last_error(instance, stage_runs))
         if verdict:
             verdicts.append(verdict)
     drops = {r.tags[jobs.DROP_TAG] for r in failed_runs(instance, now - LOOKBACK) if jobs.DROP_TAG in r.tags}
@@ -255,9 +258,14 @@ def sweep(instance: dg.DagsterInstance, engine, now: datetime, settings: Recover
     return verdicts
 
 
-def runs(instance: dg.DagsterInstance, tags: dict[str, str], active_only: bool = False) -> list[RunInfo]:
-    statuses = [dg.DagsterRunStatus(s) for s in ACTIVE] if active_only else None
-    return run_infos(instance.get_run_records(filters=dg.RunsFilter(tags=tags, statuses=statuses)))
+def runs(instance: dg.DagsterInstance, tags: dict[str, str], since: datetime | None = None) -> list[RunInfo]:
+    """The runs with these tags; with `since`, only those active or updated since then."""
+    if since is None:
+        return run_infos(instance.get_run_records(filters=dg.RunsFilter(tags=tags)))
+    active = dg.RunsFilter(tags=tags, statuses=[dg.DagsterRunStatus(s) for s in ACTIVE])
+    recent = dg.RunsFilter(tags=tags, updated_after=since)
+    found = {r.dagster_run.run_id: r for f in (active, recent) for r in instance.get_run_records(filters=f)}
+    return run_infos(found.values())
 
 
 def failed_runs(instance: dg.DagsterInstance, since: datetime) -> list[RunInfo]:
