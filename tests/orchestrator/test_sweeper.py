@@ -13,7 +13,9 @@ from orchestrator.defs.intake.sweeper import (
     CHECK_NAME,
     RunInfo,
     intake_sweeper,
+    last_error,
     registration_verdict,
+    run_infos,
     staging_verdict,
 )
 from workers.db import Submission, make_engine
@@ -150,3 +152,19 @@ def test_a_tick_with_the_metadata_db_down_asks_for_nothing_and_keeps_its_cursor(
     result = intake_sweeper.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs, cursor="abc"))
     assert not result.run_requests and result.cursor == "abc"
     assert "metadata database unavailable" in result.skip_message
+
+
+def test_the_last_error_is_the_failing_workers_own_line_naming_the_group_by_id(synced_layouts, instance):
+    config = {
+        "ops": {
+            "register_submission_from_group": {"config": {"grouping_key": "inbox/acme/", "grouping_method": "marker"}}
+        }
+    }
+    job = defs.resolve_job_def("register_submission_from_group_job")
+    result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+    assert not result.success
+    (failed,) = run_infos(instance.get_run_records())
+
+    error = last_error(instance, [failed])
+    assert error.startswith(f"run {failed.run_id[:8]}: classifier worker failed: grouping_key of group g-")
+    assert "inbox/acme/" not in error.split("must look like")[0]

@@ -297,7 +297,8 @@ def last_error(instance: dg.DagsterInstance, run_infos_: Sequence[RunInfo]) -> s
     entries = instance.all_logs(
         latest.run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
     )
-    for entry in sorted(entries, key=lambda e: e.event_type_value != "STEP_FAILURE"):
+    step_first = sorted(entries, key=lambda e: not (e.dagster_event and e.dagster_event.is_step_failure))
+    for entry in step_first:
         event = entry.dagster_event
         data = event.step_failure_data if event and event.is_step_failure else None
         if data is not None:
