@@ -104,14 +104,27 @@ class Platform:
         engine.dispose()
         return rows
 
-    def wait_for(self, what, timeout: float = CONVERGE_TIMEOUT, every: float = 3):
+    def wait_for(self, what, group: str, timeout: float = CONVERGE_TIMEOUT, every: float = 3):
         began, deadline = time.monotonic(), time.monotonic() + timeout
         while True:
             found = what()
             if found:
                 return time.monotonic() - began
-            assert time.monotonic() < deadline, f"not within {timeout} s: {self.dev.log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"not within {timeout} s: {self.diagnosis(group)}"
             time.sleep(every)
+
+    def diagnosis(self, group: str) -> str:
+        """The group's runs and the daemon's recovery lines: what a failure message needs."""
+        runs = [
+            (r["runId"][:8], r["jobName"], r["status"], {t["key"]: t["value"] for t in r["tags"] if "retr" in t["key"]})
+            for r in self.runs(group)
+        ]
+        daemon = (self.copy / ".local" / "dagster.log").read_text(errors="replace").splitlines()
+        wanted = ("Detected run worker", "asking again", "ERROR", "Error")
+        return (
+            f"runs: {runs}\nrows: {self.recovery_rows()}\n"
+            + "\n".join(line[-300:] for line in daemon if any(w in line for w in wanted))[-4000:]
+        )
 
     def converged(self, group: str) -> bool:
         state = staged_state(self.env(), self.s3.client(), group, FILES)
@@ -172,7 +185,7 @@ def test_a_drop_converges_after_the_whole_orchestrator_is_killed_mid_run(platfor
     platform.power_loss()
     assert gone(worker), "the paused worker outlived the power loss"
     platform.start()  # as after a power loss: no pause point, nothing else done by hand
-    seconds = platform.wait_for(lambda: platform.converged(group))
+    seconds = platform.wait_for(lambda: platform.converged(group), group)
 
     assert_exactly_once(platform, group, ledger)
     runs = {r["runId"]: r for r in platform.runs(group)}
@@ -189,11 +202,11 @@ def test_a_drop_converges_after_the_object_store_is_down_longer_than_every_retry
     platform.wait_until_paused()
     platform.stop_s3()
     platform.release()  # the stager goes on into a dead server; step and run retries fail too
-    platform.wait_for(lambda: any(r["status"] == "FAILURE" for r in platform.runs(group)), timeout=240)
+    platform.wait_for(lambda: any(r["status"] == "FAILURE" for r in platform.runs(group)), group, timeout=240)
     time.sleep(60)  # down for longer than the step retries (2 s, x2) and the run retry take
     platform.start_s3()
     back = time.monotonic()
-    platform.wait_for(lambda: platform.converged(group))
+    platform.wait_for(lambda: platform.converged(group), group)
 
     assert_exactly_once(platform, group, ledger)
     assert len(platform.runs(group)) >= 3, "the drop converged without the retries this test is about"
@@ -215,8 +228,8 @@ def test_a_poison_drop_stops_at_the_limit_needs_attention_and_others_keep_flowin
     platform.release()
     drop_files(platform.s3.client(), platform.bucket, good, FILES)
 
-    platform.wait_for(lambda: platform.converged(good))
-    platform.wait_for(lambda: any(r["state"] == "needs_attention" for r in platform.recovery_rows()))
+    platform.wait_for(lambda: platform.converged(good), good)
+    platform.wait_for(lambda: any(r["state"] == "needs_attention" for r in platform.recovery_rows()), poison)
     (row,) = platform.recovery_rows()
     assert (row["kind"], row["group_id"], row["rounds"]) == ("staging", group_id(poison), 2)
     assert "already exists with different bytes" in row["last_error"], row
