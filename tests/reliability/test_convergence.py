@@ -127,6 +127,13 @@ class Platform:
         )
 
     def converged(self, group: str) -> bool:
+        engine = sa.create_engine(self.env()["METADATA_DB_URL"])
+        with engine.connect() as conn:
+            statuses = conn.execute(sa.text("SELECT status FROM submission WHERE grouping_key = :g"), {"g": group})
+            staged = [status for (status,) in statuses] == ["staged"]
+        engine.dispose()
+        if not staged:
+            return False  # the whole check (below) reads manifests, which need not exist before this
         state = staged_state(self.env(), self.s3.client(), group, FILES)
         return state["staged_submissions"] == 1 and state["inbox_left"] == 0 and state["files_lost"] == 0
 
