@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 from orchestrator.definitions import defs
-from orchestrator.defs.intake import jobs
+from orchestrator.defs.intake import assets, checks, jobs
 from orchestrator.defs.intake.sweeper import (
     CHECK_NAME,
     RunInfo,
@@ -18,6 +18,7 @@ from orchestrator.defs.intake.sweeper import (
     run_infos,
     staging_verdict,
 )
+from orchestrator.defs.resources import WorkerLauncher
 from workers.db import Submission, make_engine
 from workers.inbox import group_id
 from workers.recovery import Unstaged, stuck_drops
@@ -110,23 +111,7 @@ def instance():
 def test_a_tick_stages_an_unstaged_submission_records_it_and_fails_the_check(platform_env, instance, monkeypatch):
     monkeypatch.setenv("STAGING_GRACE_MINUTES", "0")
     engine = make_engine(platform_env.metadata_db_url)
-    with engine.begin() as conn:
-        conn.execute(
-            sa.insert(Submission).values(
-                submission_id="sub-unstaged",
-                submitter_id="acme",
-                file_type="unknown",
-                grouping_key=GROUP,
-                grouping_method="marker",
-                content_hash="c" * 64,
-                raw_prefix="raw/acme/unknown/sub-unstaged/",
-                manifest_key="raw/acme/unknown/sub-unstaged/_manifest.json",
-                file_count=1,
-                total_bytes=1,
-                status="registered",
-                created_at=datetime.now(UTC) - timedelta(hours=2),
-            )
-        )
+    add_unstaged_submission(engine, "sub-unstaged", registered_ago=timedelta(hours=2))
     context = dg.build_sensor_context(instance=instance, definitions=defs)
     result = intake_sweeper.evaluate_tick(context)
 
@@ -168,3 +153,49 @@ def test_the_last_error_is_the_failing_workers_own_line_naming_the_group_by_id(s
     error = last_error(instance, [failed])
     assert error.startswith(f"run {failed.run_id[:8]}: classifier worker failed: grouping_key of group g-")
     assert "inbox/acme/" not in error.split("must look like")[0]
+
+
+def add_unstaged_submission(engine, submission_id: str, registered_ago: timedelta) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(Submission).values(
+                submission_id=submission_id,
+                submitter_id="acme",
+                file_type="unknown",
+                grouping_key=GROUP,
+                grouping_method="marker",
+                content_hash=submission_id.ljust(64, "c"),
+                raw_prefix=f"raw/acme/unknown/{submission_id}/",
+                manifest_key=f"raw/acme/unknown/{submission_id}/_manifest.json",
+                file_count=1,
+                total_bytes=1,
+                status="registered",
+                created_at=datetime.now(UTC) - registered_ago,
+            )
+        )
+
+
+def run_stuck_check() -> dg.AssetCheckEvaluation:
+    """no_stuck_drops as an operator runs it from the UI: a run of the check, a real audit worker."""
+    check_defs = dg.Definitions(
+        assets=[assets.inbox],
+        asset_checks=[checks.no_stuck_drops],
+        jobs=[dg.define_asset_job("check_stuck", selection=dg.AssetSelection.checks(checks.no_stuck_drops))],
+        resources={"launcher": WorkerLauncher()},
+    )
+    (evaluation,) = check_defs.resolve_job_def("check_stuck").execute_in_process().get_asset_check_evaluations()
+    return evaluation
+
+
+def test_the_check_run_from_the_ui_passes_with_nothing_stuck_and_fails_naming_a_stuck_drop_by_id(platform_env):
+    engine = make_engine(platform_env.metadata_db_url)
+    add_unstaged_submission(engine, "sub-recent", registered_ago=timedelta(minutes=5))
+    assert run_stuck_check().passed, "registered 5 min ago is not past STUCK_AFTER_MINUTES (60)"
+
+    add_unstaged_submission(engine, "sub-old", registered_ago=timedelta(hours=3))
+    evaluation = run_stuck_check()
+    engine.dispose()
+    assert not evaluation.passed
+    assert evaluation.metadata["stuck_drops"].value == 1
+    shown = str(evaluation.metadata["stuck"].value)
+    assert "sub-old" in shown and group_id(GROUP) in shown and GROUP not in shown
