@@ -151,7 +151,8 @@ def copy(tmp_path_factory) -> Path:
 @pytest.fixture
 def platform(copy, tmp_path, request):
     extra = getattr(request, "param", {})
-    shutil.rmtree(copy / ".dagster_home", ignore_errors=True)  # each scenario its own runs
+    for state in (".dagster_home", ".local"):  # each scenario its own runs and metadata DB
+        shutil.rmtree(copy / state, ignore_errors=True)
     made = Platform(copy, tmp_path, f"conv-{tmp_path.name[-12:].lower().replace('_', '-')}", extra)
     made.s3.client().create_bucket(Bucket=made.bucket)
     yield made
@@ -230,7 +231,13 @@ def test_a_poison_drop_stops_at_the_limit_needs_attention_and_others_keep_flowin
     # Squat one of its raw keys with other bytes: the stager is refused on every attempt, for real.
     engine = sa.create_engine(platform.env()["METADATA_DB_URL"])
     with engine.connect() as conn:
-        raw_key = conn.execute(sa.text("SELECT raw_key FROM submission_file LIMIT 1")).scalar_one()
+        raw_key = conn.execute(
+            sa.text(
+                "SELECT f.raw_key FROM submission_file f JOIN submission s ON s.submission_id = f.submission_id "
+                "WHERE s.grouping_key = :g ORDER BY f.raw_key LIMIT 1"
+            ),
+            {"g": poison},
+        ).scalar_one()
     engine.dispose()
     platform.s3.client().put_object(Bucket=platform.bucket, Key=raw_key, Body=b"somebody else's bytes")
     platform.release()
