@@ -5,10 +5,13 @@ and S3 server on 127.0.0.1, as the compose stack's containers reach theirs by se
 """
 
 import shutil
+import uuid
 
 import dagster as dg
+import docker.errors
 import pytest
 from orchestrator.defs.bootstrap.assets import bootstrap_heartbeat_asset
+from orchestrator.defs.dagster_internals import RUN_LABEL, remove_run_containers
 from orchestrator.defs.resources import CONTAINER_LABEL, WorkerLauncher
 
 from tests.conftest import REPO
@@ -152,3 +155,30 @@ def test_worker_containers_run_under_the_configured_memory_and_cpu_limits(fake_w
     else:  # cgroup v2: "quota period"
         quota, period = report["cpu"].split()
         assert int(quota) / int(period) == 0.5
+
+
+def test_the_worker_containers_of_a_run_found_dead_are_removed_and_no_others(images, engine, monkeypatch):
+    """What run monitoring does with a lost run's workers (MonitoredRunLauncher.lost): the engine
+    keeps a worker running after the process that launched it died."""
+    monkeypatch.setenv("WORKER_LAUNCH_MODE", "docker")
+    lost, other = (f"test-run-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    started = [
+        engine.containers.run(
+            image_name("heartbeat"), entrypoint=["sleep", "300"], labels={RUN_LABEL: run}, detach=True
+        )
+        for run in (lost, lost, other)
+    ]
+    try:
+        removed = remove_run_containers(lost)
+        assert sorted(removed) == sorted(c.short_id for c in started[:2])
+        for gone in started[:2]:
+            with pytest.raises(docker.errors.NotFound):
+                gone.reload()
+        started[2].reload()
+        assert started[2].status == "running"
+    finally:
+        for container in started:
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass

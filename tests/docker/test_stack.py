@@ -8,6 +8,7 @@ alone, as the README says. nginx is the official image or, where it cannot be pu
 """
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ import uuid
 import boto3
 import docker.errors
 import pytest
+from workers.inbox import group_id
 
 from tests.conftest import REPO, free_port_block
 from tests.docker.conftest import compose_env_file
@@ -332,3 +334,99 @@ def test_each_process_holds_only_its_own_credentials_and_the_db_roles_gate_passe
     probes = [line for line in gate.splitlines() if "| ok " in line or "| BAD " in line]
     assert probes and all("| ok " in line for line in probes), gate[-3000:]
     assert any("stager     DELETE submission" in line and "refused" in line for line in probes)
+
+
+# --- Convergence in Docker mode (issue 11): a worker container or the daemon killed mid-copy ----
+
+# Enough files, and big enough, that the stager's copies take a while to catch it in the middle of.
+CONVERGE_FILES, CONVERGE_FILE_BYTES = 40, 5_000_000
+GROUP_RUNS = """query($group: String!) { runsOrError(filter: {tags: [{key: "health-intake/group", value: $group}]}) {
+  ... on Runs { results { runId status jobName } } } }"""
+
+
+def drop_many(stack, group: str, stem: str) -> dict[str, bytes]:
+    files = {f"{stem}_{n:02d}.csv": os.urandom(CONVERGE_FILE_BYTES) for n in range(CONVERGE_FILES)}
+    s3 = stack.s3()
+    for name, body in files.items():
+        s3.put_object(Bucket=stack.settings["MINIO_BUCKET"], Key=group + name, Body=body)
+    s3.put_object(Bucket=stack.settings["MINIO_BUCKET"], Key=group + "_SUCCESS", Body=b"")
+    return files
+
+
+def raw_copies(stack, files: dict[str, bytes]) -> list[dict]:
+    pages = stack.s3().get_paginator("list_objects_v2").paginate(Bucket=stack.settings["MINIO_BUCKET"], Prefix="raw/")
+    return [obj for page in pages for obj in page.get("Contents", []) if obj["Key"].rsplit("/", 1)[-1] in files]
+
+
+def stager_mid_copy(stack, engine, files: dict[str, bytes], timeout: float = 300):
+    """The stager's container once some, not all, of the drop's files are in raw/."""
+    deadline = time.monotonic() + timeout
+    while True:
+        running = engine.containers.list(filters={"label": "health-intake.worker=stager", "network": PROJECT})
+        if running and 0 < len(raw_copies(stack, files)) < len(files):
+            return running[0]
+        assert time.monotonic() < deadline, (
+            "no stager was caught mid-copy: " + stack.compose("logs", "--tail=60", "dagster_daemon").stdout[-3000:]
+        )
+        time.sleep(0.05)
+
+
+def group_runs(stack, group: str) -> list[dict]:
+    return stack.graphql(GROUP_RUNS, {"group": group_id(group)})["runsOrError"]["results"]
+
+
+def wait_converged(stack, group: str, files: dict[str, bytes], timeout: float = 480) -> float:
+    """Seconds until the group's one submission is staged, each file once in raw/ with its own bytes
+    (an MD5 ETag: one-part copies) and the inbox holds nothing of the group."""
+    began = time.monotonic()
+    query = f"select status from submission where grouping_key = '{group}'"
+    while "staged" not in stack.sql(query):
+        assert time.monotonic() - began < timeout, (group_runs(stack, group), stack.sql(query))
+        time.sleep(3)
+    assert stack.sql(query).count("staged") == 1, stack.sql(query)
+    copies = raw_copies(stack, files)
+    assert sorted(obj["Key"].rsplit("/", 1)[-1] for obj in copies) == sorted(files), "lost or duplicated copies"
+    for obj in copies:
+        assert obj["ETag"].strip('"') == hashlib.md5(files[obj["Key"].rsplit("/", 1)[-1]]).hexdigest(), obj["Key"]
+    left = stack.s3().list_objects_v2(Bucket=stack.settings["MINIO_BUCKET"], Prefix=group).get("KeyCount", 0)
+    assert left == 0, f"{left} object(s) of the group left in the inbox"
+    return time.monotonic() - began
+
+
+def test_a_worker_container_killed_mid_copy_is_retried_and_the_drop_ends_staged_once(stack, engine):
+    group = "inbox/acme/unknown/worker-killed/"
+    files = drop_many(stack, group, "wk")
+    stager = stager_mid_copy(stack, engine, files)
+    stager.kill()
+
+    seconds = wait_converged(stack, group, files)
+    print(f"worker container killed mid-copy: staged {seconds:.0f} s after the kill")
+    (run,) = group_runs(stack, group)  # the step's own retry, in the same run
+    assert run["status"] == "SUCCESS", run
+    log = stack.graphql(
+        "query($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events { __typename } } } }",
+        {"id": run["runId"]},
+    )
+    kinds = [event["__typename"] for event in log["logsForRun"]["events"]]
+    assert "ExecutionStepUpForRetryEvent" in kinds, kinds
+
+
+def test_the_daemon_killed_mid_copy_and_brought_back_up_marks_the_run_failed_and_the_drop_ends_staged_once(
+    stack, engine
+):
+    group = "inbox/acme/unknown/daemon-killed/"
+    files = drop_many(stack, group, "dk")
+    orphan = stager_mid_copy(stack, engine, files)
+    (interrupted,) = [run for run in group_runs(stack, group) if run["status"] == "STARTED"]
+    container(stack, engine, "dagster_daemon").kill()  # docker kill: SIGKILL, no handler runs
+    up = stack.compose("up", "-d")
+    assert up.returncode == 0, up.stderr[-3000:]
+
+    seconds = wait_converged(stack, group, files)
+    print(f"daemon killed mid-copy, then docker-compose up -d: staged {seconds:.0f} s after")
+    runs = {run["runId"]: run for run in group_runs(stack, group)}
+    assert runs[interrupted["runId"]]["status"] == "FAILURE", runs
+    assert any(run["status"] == "SUCCESS" for run in runs.values()), runs
+    # The killed run's worker container outlived the daemon; run monitoring removed it with the verdict.
+    with pytest.raises(docker.errors.NotFound):
+        orphan.reload()

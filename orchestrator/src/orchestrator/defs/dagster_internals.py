@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -54,6 +55,8 @@ OUTPUT_TAIL_LINES = 20
 # Inside the worker container; /tmp is writable by the image's non-root user.
 CONTEXT_PATH = "/tmp/dagster-pipes-context.json"
 MESSAGES_PATH = "/tmp/dagster-pipes-messages.jsonl"
+# Every worker container carries its run's id (resources.container_kwargs).
+RUN_LABEL = "health-intake.run-id"
 # The worker images run as uid 10001 (images/worker.Dockerfile); the file is its alone.
 WORKER_UID = 10001
 
@@ -273,14 +276,38 @@ class MonitoredRunLauncher(DefaultRunLauncher):
             if time.monotonic() - first < UNREACHABLE_GRACE_SECONDS:
                 return CheckRunHealthResult(WorkerStatus.RUNNING, "code server not answering (yet)", transient=True)
             del self._unreachable_since[run.run_id]
-            return CheckRunHealthResult(
+            return self.lost(
+                run,
                 WorkerStatus.FAILED,
-                f"the code server that ran it has not answered for {UNREACHABLE_GRACE_SECONDS:g} s: "
-                "its process is gone (orchestrator stopped or killed)",
+                f"the code server that ran it has not answered for {UNREACHABLE_GRACE_SECONDS:g} s "
+                "(orchestrator stopped or killed)",
             )
         self._unreachable_since.pop(run.run_id, None)
         if run.run_id in current:
             return CheckRunHealthResult(WorkerStatus.RUNNING)
-        return CheckRunHealthResult(
-            WorkerStatus.NOT_FOUND, "the code server that ran it holds no such run: its process is gone"
-        )
+        return self.lost(run, WorkerStatus.NOT_FOUND, "the code server that ran it holds no such run")
+
+    def lost(self, run: DagsterRun, status: WorkerStatus, why: str) -> CheckRunHealthResult:
+        """The verdict on a run whose process is gone. Its worker containers outlive it (the engine
+        holds them, not the process that died): they are removed before the run is marked failed, so
+        no worker of a failed run goes on touching the store beside the retry's."""
+        removed = remove_run_containers(run.run_id)
+        note = f"; removed its worker container(s) {', '.join(removed)}" if removed else ""
+        return CheckRunHealthResult(status, f"{why}: its process is gone{note}")
+
+
+def remove_run_containers(run_id: str) -> list[str]:
+    """Force-remove the worker containers labelled with `run_id` (Docker mode); their short ids.
+    An engine that cannot be reached is logged by the caller's verdict text, not raised: the run is
+    failed either way, and the retry's workers are safe beside a late one (create-only copies,
+    conditional deletes, one submission per content)."""
+    if os.environ.get("WORKER_LAUNCH_MODE") != "docker":
+        return []
+    try:
+        engine = docker.from_env(timeout=30)
+        containers = engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+        for container in containers:
+            container.remove(force=True)
+    except docker.errors.DockerException as exc:
+        return [f"(none: the engine refused or did not answer: {type(exc).__name__})"]
+    return [container.short_id for container in containers]

@@ -23,6 +23,7 @@ from workers.runtime import RESULT_MARKER
 from workers.settings import LaunchSettings, SettingsError, load_launch_settings
 
 from orchestrator.defs.dagster_internals import (
+    RUN_LABEL,
     ContainerClient,
     WorkerProcessFailed,
     run_subprocess,
@@ -124,7 +125,7 @@ def container_kwargs(context: Context, entry: Worker, settings: LaunchSettings) 
     # its own (layouts, audit) runs its own module.
     kwargs: dict[str, Any] = {
         "entrypoint": ["python", "-m", f"{settings.worker_package}.{entry.name}"],
-        "labels": {CONTAINER_LABEL: entry.name, "health-intake.run-id": context.run.run_id},
+        "labels": {CONTAINER_LABEL: entry.name, RUN_LABEL: context.run.run_id},
         "nano_cpus": int(settings.cpus * 1e9),
         "mem_limit": f"{settings.memory_mb}m",
         # Without swap the memory limit is the limit: a worker over it is killed, not slowed.
