@@ -26,6 +26,7 @@ from workers.inbox import file_id, group_id
 from workers.settings import SettingsError
 
 from tests.conftest import migrate, platform_environment
+from tests.services import free_port_block
 
 DROP = "inbox/acme/unknown/drop-001/"
 STRICT_TAG_VALUE = re.compile(r"[A-Za-z0-9_.-]{0,63}")
@@ -361,6 +362,32 @@ def test_an_unreachable_object_store_fails_the_tick(inbox, clock, ticks, monkeyp
 
     with pytest.raises(EndpointConnectionError):
         ticks.tick()
+
+
+def test_with_the_metadata_db_down_the_tick_still_requests_and_records_the_rejections_later(
+    inbox, clock, ticks, monkeypatch
+):
+    """A real refused connection (nothing listens on the port), not a mock: the rejection write
+    fails, the tick does not."""
+    up = os.environ["METADATA_DB_URL"]
+    inbox.put("inbox/top.csv", DROP + "x.csv", DROP + "_SUCCESS")
+    monkeypatch.setenv(
+        "METADATA_DB_URL", f"postgresql+psycopg2://intake:secret-pw@127.0.0.1:{free_port_block()}/metadata"
+    )
+
+    result = ticks.tick()
+
+    assert grouping_keys(result) == [DROP]
+    assert result.cursor and observations(result) == []
+    (warning,) = ticks.log.warnings("not recorded this tick")
+    assert warning.startswith("1 rejection(s)") and "secret-pw" not in warning and "top.csv" not in warning
+
+    monkeypatch.setenv("METADATA_DB_URL", up)
+    assert [table_rows(o) for o in observations(ticks.tick())] != []
+    engine = sa.create_engine(up)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT key FROM inbox_rejection")).scalars().all() == ["inbox/top.csv"]
+    engine.dispose()
 
 
 def observations(result) -> list[dg.AssetObservation]:
