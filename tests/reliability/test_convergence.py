@@ -126,7 +126,7 @@ class Platform:
             + "\n".join(line[-300:] for line in daemon if any(w in line for w in wanted))[-4000:]
         )
 
-    def converged(self, group: str) -> bool:
+    def converged(self, group: str, files: dict[str, bytes] = FILES) -> bool:
         engine = sa.create_engine(self.env()["METADATA_DB_URL"])
         with engine.connect() as conn:
             statuses = conn.execute(sa.text("SELECT status FROM submission WHERE grouping_key = :g"), {"g": group})
@@ -134,7 +134,7 @@ class Platform:
         engine.dispose()
         if not staged:
             return False  # the whole check (below) reads manifests, which need not exist before this
-        state = staged_state(self.env(), self.s3.client(), group, FILES)
+        state = staged_state(self.env(), self.s3.client(), group, files)
         return state["staged_submissions"] == 1 and state["inbox_left"] == 0 and state["files_lost"] == 0
 
     def close(self) -> None:
@@ -241,9 +241,11 @@ def test_a_poison_drop_stops_at_the_limit_needs_attention_and_others_keep_flowin
     engine.dispose()
     platform.s3.client().put_object(Bucket=platform.bucket, Key=raw_key, Body=b"somebody else's bytes")
     platform.release()
-    drop_files(platform.s3.client(), platform.bucket, good, FILES)
+    # Other bytes: the same bytes from the same submitter would be registered as a duplicate of it.
+    others = {name: os.urandom(len(body)) for name, body in FILES.items()}
+    drop_files(platform.s3.client(), platform.bucket, good, others)
 
-    platform.wait_for(lambda: platform.converged(good), good)
+    platform.wait_for(lambda: platform.converged(good, others), good)
     platform.wait_for(lambda: any(r["state"] == "needs_attention" for r in platform.recovery_rows()), poison)
     (row,) = platform.recovery_rows()
     assert (row["kind"], row["group_id"], row["rounds"]) == ("staging", group_id(poison), 2)
