@@ -379,11 +379,15 @@ def wait_converged(stack, group: str, files: dict[str, bytes], timeout: float = 
     """Seconds until the group's one submission is staged, each file once in raw/ with its own bytes
     (an MD5 ETag: one-part copies) and the inbox holds nothing of the group."""
     began = time.monotonic()
-    query = f"select status from submission where grouping_key = '{group}'"
-    while "staged" not in stack.sql(query):
-        assert time.monotonic() - began < timeout, (group_runs(stack, group), stack.sql(query))
+
+    def statuses() -> list[str]:  # no quotes in the SQL: `make psql SQL=...` puts it in sh -c '...'
+        rows = [row.split("|") for row in stack.sql("select grouping_key, status from submission").splitlines()]
+        return [row[1].strip() for row in rows if len(row) == 2 and row[0].strip() == group]
+
+    while "staged" not in statuses():
+        assert time.monotonic() - began < timeout, (group_runs(stack, group), statuses())
         time.sleep(3)
-    assert stack.sql(query).count("staged") == 1, stack.sql(query)
+    assert statuses() == ["staged"], statuses()
     copies = raw_copies(stack, files)
     assert sorted(obj["Key"].rsplit("/", 1)[-1] for obj in copies) == sorted(files), "lost or duplicated copies"
     for obj in copies:

@@ -204,6 +204,8 @@ def test_a_drop_converges_after_the_whole_orchestrator_is_killed_mid_run(platfor
     ledger.convergence.append((f"orchestrator killed at {point}", seconds))
 
 
+# The sweeper's rounds (45 s, then 90 s later) outlast the outage; the step and run retries do not.
+@pytest.mark.parametrize("platform", [{"SWEEP_ROUNDS": "3", "SWEEP_BACKOFF_SECONDS": "45"}], indirect=True)
 def test_a_drop_converges_after_the_object_store_is_down_longer_than_every_retry(platform, ledger):
     group = "inbox/acme/unknown/s3-outage/"
     platform.start(pause_at="stager.copied:1")
