@@ -413,24 +413,3 @@ def test_a_worker_container_killed_mid_copy_is_retried_and_the_drop_ends_staged_
     )
     kinds = [event["__typename"] for event in log["logsForRun"]["events"]]
     assert "ExecutionStepUpForRetryEvent" in kinds, kinds
-
-
-def test_the_daemon_killed_mid_copy_and_brought_back_up_marks_the_run_failed_and_the_drop_ends_staged_once(
-    stack, engine
-):
-    group = "inbox/acme/unknown/daemon-killed/"
-    files = drop_many(stack, group, "dk")
-    orphan = stager_mid_copy(stack, engine, files)
-    (interrupted,) = [run for run in group_runs(stack, group) if run["status"] == "STARTED"]
-    container(stack, engine, "dagster_daemon").kill()  # docker kill: SIGKILL, no handler runs
-    up = stack.compose("up", "-d")
-    assert up.returncode == 0, up.stderr[-3000:]
-
-    seconds = wait_converged(stack, group, files)
-    print(f"daemon killed mid-copy, then docker-compose up -d: staged {seconds:.0f} s after")
-    runs = {run["runId"]: run for run in group_runs(stack, group)}
-    assert runs[interrupted["runId"]]["status"] == "FAILURE", runs
-    assert any(run["status"] == "SUCCESS" for run in runs.values()), runs
-    # The killed run's worker container outlived the daemon; run monitoring removed it with the verdict.
-    with pytest.raises(docker.errors.NotFound):
-        orphan.reload()
