@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -49,6 +48,7 @@ from dagster._grpc.client import DagsterGrpcClient
 from dagster._grpc.types import GetCurrentRunsResult
 from dagster._serdes import deserialize_value
 from dagster_docker import PipesDockerClient
+from workers.settings import SettingsError, load_launch_settings
 
 Context = dg.AssetExecutionContext | dg.OpExecutionContext
 OUTPUT_TAIL_LINES = 20
@@ -301,8 +301,11 @@ def remove_run_containers(run_id: str) -> list[str]:
     An engine that cannot be reached is logged by the caller's verdict text, not raised: the run is
     failed either way, and the retry's workers are safe beside a late one (create-only copies,
     conditional deletes, one submission per content)."""
-    if os.environ.get("WORKER_LAUNCH_MODE") != "docker":
-        return []
+    try:
+        if load_launch_settings().mode != "docker":
+            return []
+    except SettingsError:
+        return []  # a bad launch setting fails every launch with its own message; nothing was started
     try:
         engine = docker.from_env(timeout=30)
         containers = engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
