@@ -10,6 +10,7 @@ import sqlalchemy as sa
 import yaml
 from orchestrator.defs.intake.assets import sync_layout_registry
 from orchestrator.defs.intake.jobs import register_submission_from_group_job
+from orchestrator.defs.dagster_internals import RUN_LABEL
 from orchestrator.defs.resources import CONTAINER_LABEL, WorkerLauncher
 
 from tests.conftest import REPO, drop_files
@@ -39,4 +40,5 @@ def test_a_drop_is_registered_and_staged_by_worker_containers(images, engine, sy
     db.dispose()
     raw = s3_server.client().list_objects_v2(Bucket=synced_layouts.bucket, Prefix="raw/acme/")["Contents"]
     assert any(obj["Key"].endswith("/medical_claims.csv") for obj in raw)
-    assert not engine.containers.list(all=True, filters={"label": CONTAINER_LABEL})
+    left = engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={result.run_id}"})
+    assert not left, [(c.short_id, c.labels.get(CONTAINER_LABEL), c.status) for c in left]
