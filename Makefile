@@ -7,11 +7,12 @@ test:
 	.venv/bin/python -m pytest
 
 .PHONY: lint
-# ruff's checks and formatter (the test suite runs the same).
+# ruff's checks and formatter, and the type checker (mypy.ini); the test suite runs the same.
 lint:
 	./scripts/install.sh
 	.venv/bin/python -m ruff check .
 	.venv/bin/python -m ruff format --check .
+	.venv/bin/python -m mypy
 
 # --- Docker mode (README "Docker mode"). Settings come from .env (cp .env.example .env). -----
 COMPOSE ?= docker-compose

@@ -8,9 +8,9 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 import yaml
+from orchestrator.defs.dagster_internals import RUN_LABEL
 from orchestrator.defs.intake.assets import sync_layout_registry
 from orchestrator.defs.intake.jobs import register_submission_from_group_job
-from orchestrator.defs.dagster_internals import RUN_LABEL
 from orchestrator.defs.resources import CONTAINER_LABEL, WorkerLauncher
 
 from tests.conftest import REPO, drop_files

@@ -161,13 +161,13 @@ def test_a_marked_group_is_requested_with_its_key_in_the_run_config_only(inbox, 
 
     (request,) = ticks.tick().run_requests
 
-    assert request_config(request) == {"grouping_key": DROP, "grouping_method": "marker"}
+    assert request_config(request) == {"grouping_key": DROP, "grouping_method": "MARKER_FILE"}
     dg.validate_run_config(defs.resolve_job_def("register_submission_from_group_job"), request.run_config)
     assert {k: v for k, v in request.tags.items() if k.startswith("health-intake/")} == {
         "health-intake/submitter": "acme",
         "health-intake/group": group_id(DROP),
         "health-intake/drop": request.run_key.replace("@", "_"),
-        "health-intake/grouping-method": "marker",
+        "health-intake/grouping-method": "MARKER_FILE",
     }
     assert request.run_key.startswith(group_id(DROP) + "@")
     assert "drop-001" not in request.run_key + repr(request.tags)
@@ -198,7 +198,7 @@ def test_a_quiet_group_is_requested_after_the_quiescence_minutes(inbox, clock, t
     clock.advance(minutes=10)
     (request,) = ticks.tick().run_requests
 
-    assert request_config(request) == {"grouping_key": DROP, "grouping_method": "quiescence"}
+    assert request_config(request) == {"grouping_key": DROP, "grouping_method": "QUIESCENCE"}
 
 
 def test_a_file_added_during_the_quiet_window_restarts_it(inbox, clock, ticks):

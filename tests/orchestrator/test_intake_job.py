@@ -18,6 +18,14 @@ from workers.manifest import Manifest
 from tests.conftest import REPO, drop_files
 
 SEED_RUN_CONFIG = yaml.safe_load((REPO / "examples/register_drop_001.yaml").read_text())
+# The run config as the seed document prints it (its "Run the registration job manually" step).
+SEED_YAML = """\
+ops:
+  register_submission_from_group:
+    config:
+      grouping_key: inbox/acme/unknown/drop-001/
+      grouping_method: MARKER_FILE
+"""
 GROUP = "inbox/acme/unknown/drop-001/"
 
 
@@ -43,18 +51,40 @@ def test_sync_layout_registry_reports_what_it_added(platform_env):
     assert materialization.metadata["retired"].value == 0
 
 
-@pytest.mark.parametrize("method", ["marker", "quiescence"])
-def test_the_seed_run_config_registers_and_stages_the_group(synced_layouts, s3_server, method):
+def test_the_example_run_config_is_the_seeds_verbatim():
+    assert SEED_YAML in (REPO / "examples/register_drop_001.yaml").read_text()
+
+
+def test_the_launchpad_offers_the_seeds_grouping_methods():
+    op_config = register_submission_from_group_job.get_config_schema_snapshot()
+    enums = {
+        e.given_name: [v.value for v in e.enum_values]
+        for e in op_config.all_config_snaps_by_key.values()
+        if e.enum_values
+    }
+    assert ["MARKER_FILE", "QUIESCENCE", "marker", "quiescence"] in enums.values()
+
+
+@pytest.mark.parametrize(
+    "method, recorded",
+    [
+        ("MARKER_FILE", "MARKER_FILE"),
+        ("QUIESCENCE", "QUIESCENCE"),
+        ("marker", "MARKER_FILE"),
+        ("quiescence", "QUIESCENCE"),
+    ],
+)
+def test_the_seed_run_config_registers_and_stages_the_group(synced_layouts, s3_server, method, recorded):
     s3 = s3_server.client()
     drop_files(s3, synced_layouts.bucket, GROUP, {"medical_claims.csv": b"member,amount\n1,2\n"})
-    config = yaml.safe_load(yaml.safe_dump(SEED_RUN_CONFIG))
+    config = yaml.safe_load(SEED_YAML)
     config["ops"]["register_submission_from_group"]["config"]["grouping_method"] = method
 
     result = run_job(config)
 
     assert result.success
     registered = output_metadata(result, "register_submission_from_group")
-    assert registered["grouping_method"] == method and registered["file_type"] == "medical_claims"
+    assert registered["grouping_method"] == recorded and registered["file_type"] == "medical_claims"
     assert file_id(GROUP + "medical_claims.csv") in registered["file_table"]
     assert registered["group_id"] == group_id(GROUP)
     sid = registered["submission_id"]
@@ -101,13 +131,16 @@ def test_a_malformed_grouping_key_fails_the_run_with_the_workers_reason_naming_i
     assert "inbox/acme/" not in message.split("must look like")[0]
 
 
-def test_an_unknown_grouping_method_fails_before_any_worker_runs(synced_layouts):
+def test_an_unknown_grouping_method_is_refused_before_the_run_starts(synced_layouts):
     config = {
         "ops": {"register_submission_from_group": {"config": {"grouping_key": GROUP, "grouping_method": "vibes"}}}
     }
-    result = run_job(config)
-    assert not result.success
-    assert not any("classifier" in (e.message or "") for e in result.all_events if e.event_type_value == "ENGINE_EVENT")
+    with pytest.raises(dg.DagsterInvalidConfigError, match="grouping_method.*not in enum type.*vibes"):
+        run_job(config)
+    engine = sa.create_engine(synced_layouts.metadata_db_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM submission")).scalar() == 0
+    engine.dispose()
 
 
 def test_raw_objects_are_never_listed_in_file_contents_metadata(synced_layouts, s3_server):

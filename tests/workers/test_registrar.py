@@ -19,7 +19,7 @@ KEY = "inbox/acme/unknown/drop-001/"
 CLAIMS = b"member_id,amount\n1,10\n"
 
 
-def run_registrar(settings, grouping_key: str = KEY, method: str = "marker") -> dict:
+def run_registrar(settings, grouping_key: str = KEY, method: str = "MARKER_FILE") -> dict:
     files = classifier.work(settings, {"grouping_key": grouping_key})["files"]
     return registrar.work(settings, {"grouping_key": grouping_key, "grouping_method": method, "files": files})
 
@@ -48,7 +48,7 @@ def test_a_group_becomes_one_submission_with_rows_and_a_manifest(synced_layouts,
     assert counts(synced_layouts.metadata_db_url) == {"submission": 1, "submission_file": 2, "inbox_object": 3}
     manifest = Manifest.from_bytes(read(synced_layouts, result["manifest_key"]))
     assert manifest.submission_id == result["submission_id"]
-    assert (manifest.submitter_id, manifest.grouping_key, manifest.grouping_method) == ("acme", KEY, "marker")
+    assert (manifest.submitter_id, manifest.grouping_key, manifest.grouping_method) == ("acme", KEY, "MARKER_FILE")
     for entry in manifest.files:
         assert entry.sha256 == hashlib.sha256(read(synced_layouts, entry.inbox_key)).hexdigest()
         assert entry.raw_key == result["raw_prefix"] + entry.inbox_key.removeprefix(KEY)
@@ -176,3 +176,39 @@ def test_standalone_registrar_classifies_then_registers(synced_layouts, s3_serve
     result = json.loads(done.stdout)
     assert result["worker"] == "registrar" and result["file_count"] == 1
     assert counts(synced_layouts.metadata_db_url)["submission"] == 1
+
+
+@pytest.mark.parametrize("alias, recorded", [("marker", "MARKER_FILE"), ("quiescence", "QUIESCENCE")])
+def test_an_older_spelling_of_the_grouping_method_is_recorded_under_the_seeds_name(
+    synced_layouts, s3_server, alias, recorded
+):
+    drop_files(s3_server.client(), synced_layouts.bucket, KEY, {"medical_claims.csv": CLAIMS})
+    result = run_registrar(synced_layouts, method=alias)
+    assert result["grouping_method"] == recorded
+    assert Manifest.from_bytes(read(synced_layouts, result["manifest_key"])).grouping_method == recorded
+
+
+def test_an_unknown_grouping_method_is_refused_before_anything_is_written(synced_layouts, s3_server):
+    drop_files(s3_server.client(), synced_layouts.bucket, KEY, {"medical_claims.csv": CLAIMS})
+    with pytest.raises(WorkerError, match="grouping_method must be one of MARKER_FILE, QUIESCENCE .* not 'vibes'"):
+        run_registrar(synced_layouts, method="vibes")
+    assert counts(synced_layouts.metadata_db_url) == {"submission": 0, "submission_file": 0, "inbox_object": 0}
+
+
+@pytest.mark.parametrize(
+    "spoil, field",
+    [
+        (lambda f: f.pop("etag"), "etag"),
+        (lambda f: f.update(size="12"), "size"),
+        (lambda f: f.update(size=True), "size"),
+        (lambda f: f.update(layout_version="v1"), "layout_version"),
+    ],
+)
+def test_a_malformed_hand_off_is_refused_naming_the_field_never_the_key(synced_layouts, s3_server, spoil, field):
+    drop_files(s3_server.client(), synced_layouts.bucket, KEY, {"medical_claims.csv": CLAIMS})
+    files = classifier.work(synced_layouts, {"grouping_key": KEY})["files"]
+    spoil(files[0])
+    with pytest.raises(WorkerError, match=f"classified file's '{field}' is missing or not") as refused:
+        registrar.work(synced_layouts, {"grouping_key": KEY, "grouping_method": "MARKER_FILE", "files": files})
+    assert "medical_claims" not in str(refused.value)
+    assert counts(synced_layouts.metadata_db_url)["submission"] == 0

@@ -24,7 +24,7 @@ from workers.manifest import Manifest
 from workers.recovery import stuck_drops
 from workers.runtime import Metadata, run_worker
 from workers.settings import Settings, load_recovery_settings
-from workers.store import NOT_FOUND, error_code, make_s3_client, sha256_of
+from workers.store import NOT_FOUND, S3Client, error_code, make_s3_client, sha256_of
 
 DEFAULT_LIMIT = 50
 
@@ -40,7 +40,7 @@ def newest_staged(engine: Engine, limit: int) -> list[tuple[str, str]]:
         return [tuple(row) for row in rows]
 
 
-def audit(*, engine: Engine, s3, bucket: str, limit: int) -> Metadata:
+def audit(*, engine: Engine, s3: S3Client, bucket: str, limit: int) -> Metadata:
     mismatches: list[dict[str, str]] = []
     files = 0
     submissions = newest_staged(engine, limit)
@@ -60,7 +60,7 @@ def audit(*, engine: Engine, s3, bucket: str, limit: int) -> Metadata:
     }
 
 
-def _sha256_or_missing(s3, bucket: str, key: str) -> str:
+def _sha256_or_missing(s3: S3Client, bucket: str, key: str) -> str:
     try:
         return sha256_of(s3, bucket, key)
     except Exception as exc:  # noqa: BLE001 - a missing object is a finding, anything else a failure

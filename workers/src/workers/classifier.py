@@ -20,7 +20,7 @@ from workers.faults import checkpoint
 from workers.inbox import UNKNOWN, Group, InboxObject, file_id, group_from_params, group_id, group_of, list_objects
 from workers.layouts import Layout, active_layouts
 from workers.runtime import Metadata, WorkerError, run_worker
-from workers.settings import Settings, load_intake_settings
+from workers.settings import IntakeSettings, Settings, load_intake_settings
 from workers.store import make_s3_client
 
 CLASSIFIED, AMBIGUOUS = "classified", "ambiguous"
@@ -36,6 +36,51 @@ class Classification:
 
 
 Classifier = Callable[[Group, InboxObject, Sequence[Layout]], Classification]
+
+
+@dataclass(frozen=True)
+class ClassifiedFile:
+    """One data file of a group and how it classified: the classifier's hand-off to the registrar.
+    Across the Pipes boundary (the classifier's report, the registrar's extras) it travels as the
+    dict `to_record` gives, read back by `from_record`."""
+
+    key: str
+    size: int
+    etag: str
+    file_type: str
+    layout_id: str | None
+    layout_version: int | None
+    classification: str  # classified | unknown | ambiguous
+    detail: str
+
+    @property
+    def object(self) -> InboxObject:
+        return InboxObject(self.key, self.size, self.etag)
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Any) -> ClassifiedFile:
+        """The file a record describes; WorkerError naming the field (never the key) when it is malformed."""
+        if not isinstance(record, Mapping):
+            raise WorkerError(f"a classified file is a mapping, not {type(record).__name__}")
+        for name, kinds in RECORD_FIELDS.items():
+            if not isinstance(record.get(name), kinds) or isinstance(record.get(name), bool):
+                raise WorkerError(f"a classified file's {name!r} is missing or not a {kinds[0].__name__}")
+        return cls(**{name: record[name] for name in RECORD_FIELDS})
+
+
+RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "key": (str,),
+    "size": (int,),
+    "etag": (str,),
+    "file_type": (str,),
+    "layout_id": (str, type(None)),
+    "layout_version": (int, type(None)),
+    "classification": (str,),
+    "detail": (str,),
+}
 
 
 def submitter_filename(group: Group, obj: InboxObject, layouts: Sequence[Layout]) -> Classification:
@@ -82,20 +127,19 @@ def load_classifier(name: str) -> Classifier:
 
 def classify_group(
     group: Group, objects: Sequence[InboxObject], layouts: Sequence[Layout], classifier: Classifier, marker: str
-) -> list[dict[str, Any]]:
-    """One record per data file. An empty marker at the group root is not data; a marker with
-    content is, so that its bytes are registered and staged rather than lost with the marker."""
-    marker_key = group.grouping_key + marker
+) -> list[ClassifiedFile]:
+    """One per data file. An empty marker at the group root is not data; a marker with content
+    is, so that its bytes are registered and staged rather than lost with the marker."""
+    marker_key = group.marker_key(marker)
     return [
-        {"key": obj.key, "size": obj.size, "etag": obj.etag, **asdict(classifier(group, obj, layouts))}
+        ClassifiedFile(obj.key, obj.size, obj.etag, **asdict(classifier(group, obj, layouts)))
         for obj in objects
         if obj.key != marker_key or obj.size > 0
     ]
 
 
-def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
-    intake = load_intake_settings()
-    group = group_from_params(params, intake)
+def classify(settings: Settings, group: Group, intake: IntakeSettings) -> list[ClassifiedFile]:
+    """The group's data files as they are listed now, each classified against the active layouts."""
     classifier = load_classifier(intake.classifier_impl)
     with metadata_engine(settings.metadata_db_url) as engine:
         layouts = active_layouts(engine)
@@ -105,23 +149,29 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
         for obj in list_objects(make_s3_client(settings), settings.bucket, group.grouping_key)
         if group_of(obj.key, intake.inbox_prefix, intake.group_by_depth) == group
     ]
-    files = classify_group(group, objects, layouts, classifier, intake.marker_file)
+    return classify_group(group, objects, layouts, classifier, intake.marker_file)
+
+
+def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
+    intake = load_intake_settings()
+    group = group_from_params(params, intake)
+    files = classify(settings, group, intake)
     checkpoint("classifier.classified")
-    counts = {kind: sum(f["classification"] == kind for f in files) for kind in (CLASSIFIED, UNKNOWN, AMBIGUOUS)}
+    counts = {kind: sum(f.classification == kind for f in files) for kind in (CLASSIFIED, UNKNOWN, AMBIGUOUS)}
     return {
         "group_id": group_id(group.grouping_key),
         "submitter_id": group.submitter_id,
         "classifier": intake.classifier_impl,
         "file_count": len(files),
         "counts": counts,
-        "files": files,
+        "files": [f.to_record() for f in files],
         "file_table": [
             {
-                "file_id": file_id(f["key"]),
-                "size_bytes": f["size"],
-                "classification": f["classification"],
-                "file_type": f["file_type"],
-                "layout_id": f["layout_id"] or "",
+                "file_id": file_id(f.key),
+                "size_bytes": f.size,
+                "classification": f.classification,
+                "file_type": f.file_type,
+                "layout_id": f.layout_id or "",
             }
             for f in files
         ],

@@ -13,15 +13,27 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Literal, get_args
 from urllib.parse import unquote_plus
 
 from botocore.exceptions import ClientError
 
 from workers.inbox import Group, InboxObject, fingerprint, group_id, group_of
 from workers.settings import IntakeSettings
+from workers.store import S3Client
 
-MARKER = "marker"
-QUIESCENCE = "quiescence"
+# How a group was judged complete, spelled as the seed spells them (the job's run config, the
+# sensor's requests, submission.grouping_method). Dagster offers a Literal config field as an enum.
+GroupingMethod = Literal["MARKER_FILE", "QUIESCENCE"]
+MARKER: GroupingMethod = "MARKER_FILE"
+QUIESCENCE: GroupingMethod = "QUIESCENCE"
+GROUPING_METHODS: tuple[GroupingMethod, ...] = get_args(GroupingMethod)
+# The spellings used before the seed's were adopted: accepted on input (runs launched then are
+# re-executed with their stored config), never written. Submissions registered then keep them,
+# as their immutable manifests do.
+GROUPING_METHOD_ALIASES: dict[str, GroupingMethod] = {"marker": MARKER, "quiescence": QUIESCENCE}
+GroupingMethodInput = Literal["MARKER_FILE", "QUIESCENCE", "marker", "quiescence"]
+assert set(get_args(GroupingMethodInput)) == set(GROUPING_METHODS) | set(GROUPING_METHOD_ALIASES)
 # 2: groups keyed by their id, not their key (the cursor is stored and shown by Dagster).
 CURSOR_VERSION = 2
 
@@ -44,10 +56,22 @@ class Sighting:
     requested: bool = False
 
 
+def grouping_method(value: str) -> GroupingMethod:
+    """The seed's name for `value` (a name or an alias); ValueError naming the accepted ones."""
+    if value in GROUPING_METHODS:
+        return value  # type: ignore[return-value]
+    if value in GROUPING_METHOD_ALIASES:
+        return GROUPING_METHOD_ALIASES[value]
+    raise ValueError(
+        f"grouping_method must be one of {', '.join(GROUPING_METHODS)} "
+        f"(or {', '.join(GROUPING_METHOD_ALIASES)}), not {value!r}"
+    )
+
+
 @dataclass(frozen=True)
 class CompleteGroup:
     group: Group
-    method: str
+    method: GroupingMethod
     fingerprint: str
     object_count: int
 
@@ -109,7 +133,8 @@ def split_abandoned(
     uploads: Iterable[Upload], now: datetime, settings: IntakeSettings
 ) -> tuple[list[Upload], list[Upload]]:
     cutoff = now - timedelta(hours=settings.abandoned_upload_hours)
-    live, abandoned = [], []
+    live: list[Upload] = []
+    abandoned: list[Upload] = []
     for upload in uploads:
         (abandoned if upload.initiated < cutoff else live).append(upload)
     return live, abandoned
@@ -133,8 +158,8 @@ def observe(previous: Sighting | None, current: str, now: datetime) -> Sighting:
 
 def completion_method(
     group: Group, members: list[InboxObject], sighting: Sighting, now: datetime, settings: IntakeSettings
-) -> str | None:
-    marker_key = group.grouping_key + settings.marker_file
+) -> GroupingMethod | None:
+    marker_key = group.marker_key(settings.marker_file)
     if any(obj.key == marker_key for obj in members):
         return MARKER
     if now - sighting.since >= timedelta(minutes=settings.quiescence_minutes):
@@ -172,7 +197,7 @@ def sighting_from(entry: dict) -> Sighting:
     return Sighting(fingerprint=str(entry["fingerprint"]), since=since, requested=bool(entry["requested"]))
 
 
-def list_uploads(s3, bucket: str, prefix: str) -> list[Upload]:
+def list_uploads(s3: S3Client, bucket: str, prefix: str) -> list[Upload]:
     """Multipart uploads in progress under prefix, every page."""
     try:
         return _list_uploads(s3, bucket, prefix, url_encoded=False)
@@ -189,12 +214,16 @@ def unreadable_listing(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "500"
 
 
-def _list_uploads(s3, bucket: str, prefix: str, url_encoded: bool) -> list[Upload]:
-    extra = {"EncodingType": "url"} if url_encoded else {}
+def _list_uploads(s3: S3Client, bucket: str, prefix: str, url_encoded: bool) -> list[Upload]:
     decode = unquote_plus if url_encoded else str
     paginator = s3.get_paginator("list_multipart_uploads")
+    pages = (
+        paginator.paginate(Bucket=bucket, Prefix=prefix, EncodingType="url")
+        if url_encoded
+        else paginator.paginate(Bucket=bucket, Prefix=prefix)
+    )
     return [
         Upload(key=decode(entry["Key"]), upload_id=entry["UploadId"], initiated=entry["Initiated"])
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix, **extra)
+        for page in pages
         for entry in page.get("Uploads", ())
     ]

@@ -17,13 +17,13 @@ from sqlalchemy.orm import Session
 from workers.db import BootstrapHeartbeat, metadata_engine
 from workers.runtime import Metadata, run_worker
 from workers.settings import Settings
-from workers.store import make_s3_client
+from workers.store import S3Client, make_s3_client
 
 MESSAGE = "phase0_ok"
 HELLO_KEY = "bootstrap/hello.txt"
 
 
-def beat(*, engine: Engine, s3, bucket: str) -> Metadata:
+def beat(*, engine: Engine, s3: S3Client, bucket: str) -> Metadata:
     """Write the row and the object; the row commits only once the object is stored."""
     with Session(engine) as session, session.begin():
         row = BootstrapHeartbeat(message=MESSAGE)

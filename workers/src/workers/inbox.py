@@ -18,6 +18,7 @@ from typing import Any
 
 from workers.runtime import WorkerError
 from workers.settings import IntakeSettings
+from workers.store import S3Client
 
 UNKNOWN = "unknown"
 ID_HEX_DIGITS = 12
@@ -81,6 +82,10 @@ class Group:
     def drop_id(self) -> str:
         return self.grouping_key.rstrip("/").rsplit("/", 1)[-1]
 
+    def marker_key(self, marker_file: str) -> str:
+        """Where the group's completion marker (MARKER_FILE) goes: at the group's root."""
+        return self.grouping_key + marker_file
+
 
 def group_of(key: str, inbox_prefix: str, depth: int) -> Group | None:
     """The group a key belongs to, or None when the key is too shallow to form one or unsafe."""
@@ -118,7 +123,7 @@ def parse_grouping_key(grouping_key: str, inbox_prefix: str, depth: int) -> Grou
     return group
 
 
-def list_objects(s3, bucket: str, prefix: str) -> Iterator[InboxObject]:
+def list_objects(s3: S3Client, bucket: str, prefix: str) -> Iterator[InboxObject]:
     paginator = s3.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for entry in page.get("Contents", ()):

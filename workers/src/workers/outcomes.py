@@ -53,4 +53,4 @@ def record_rejections(engine: Engine, rejected: Iterable[tuple[InboxObject, str,
 
 def rejections_on_record(engine: Engine) -> int:
     with Session(engine) as session:
-        return session.scalar(select(func.count()).select_from(InboxRejection))
+        return session.scalar(select(func.count()).select_from(InboxRejection)) or 0

@@ -14,14 +14,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NoReturn, get_args
 
 from botocore.exceptions import ClientError
 from sqlalchemy import Engine, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from workers import classifier
+from workers import classifier, discovery
+from workers.classifier import ClassifiedFile
 from workers.db import InboxObject as InboxObjectRow
 from workers.db import Submission, SubmissionFile, metadata_engine, utcnow
 from workers.faults import checkpoint
@@ -40,9 +41,8 @@ from workers.manifest import Manifest, ManifestFile, manifest_key_for, raw_prefi
 from workers.outcomes import record_rejections
 from workers.runtime import Metadata, WorkerError, run_worker
 from workers.settings import IntakeSettings, Settings, load_intake_settings
-from workers.store import PRECONDITION_FAILED, error_code, make_s3_client, sha256_of
+from workers.store import PRECONDITION_FAILED, S3Client, error_code, make_s3_client, sha256_of
 
-GROUPING_METHODS = ("marker", "quiescence")
 MAX_KEY_BYTES = 1024  # S3's limit on a key, in UTF-8 bytes
 HASH_THREADS = 8
 
@@ -51,26 +51,24 @@ def submission_id_for(grouping_key: str, content_hash: str) -> str:
     return "sub-" + hashlib.sha256(f"{grouping_key}\0{content_hash}".encode()).hexdigest()[:24]
 
 
-def submission_file_type(group: Group, files: Sequence[Mapping[str, Any]]) -> str:
+def submission_file_type(group: Group, files: Sequence[ClassifiedFile]) -> str:
     """The path's declared type wins; under `unknown`, the one type every file classified as, else unknown."""
     if group.declared_file_type != UNKNOWN:
         return group.declared_file_type
-    types = {f["file_type"] if f["classification"] == "classified" else UNKNOWN for f in files}
+    types = {f.file_type if f.classification == "classified" else UNKNOWN for f in files}
     return types.pop() if len(types) == 1 else UNKNOWN
 
 
-def observed_objects(
-    s3, bucket: str, group: Group, files: Sequence[Mapping[str, Any]], marker: str
-) -> list[InboxObject]:
+def observed_objects(s3, bucket: str, group: Group, files: Sequence[ClassifiedFile], marker: str) -> list[InboxObject]:
     """The classified files as they are now, plus the marker; refuses if a classified file changed."""
     current = {obj.key: obj for obj in list_objects(s3, bucket, group.grouping_key)}
-    changed = [f["key"] for f in files if f["key"] not in current or current[f["key"]].etag != f["etag"]]
+    changed = [f.key for f in files if f.key not in current or current[f.key].etag != f.etag]
     if changed:
         raise WorkerError(
             f"{len(changed)} file(s) changed or vanished since classification (first: {file_id(changed[0])}); "
             "the sensor will request a run for the new content"
         )
-    keep = {f["key"] for f in files} | {group.grouping_key + marker}
+    keep = {f.key for f in files} | {group.marker_key(marker)}
     return [obj for key, obj in current.items() if key in keep]
 
 
@@ -82,17 +80,19 @@ def register(
     intake: IntakeSettings,
     group: Group,
     grouping_method: str,
-    files: Sequence[Mapping[str, Any]],
+    files: Sequence[ClassifiedFile],
 ) -> Metadata:
-    if grouping_method not in GROUPING_METHODS:
-        raise WorkerError(f"grouping_method must be one of {GROUPING_METHODS}, not {grouping_method!r}")
+    try:
+        method = discovery.grouping_method(grouping_method)
+    except ValueError as exc:
+        raise WorkerError(str(exc)) from None
     observed = observed_objects(s3, bucket, group, files, intake.marker_file)
     with Session(engine) as session:
         known = already_registered(session, files)
-    new_files, too_long = split_too_long([f for f in files if (f["key"], f["etag"]) not in known], group, intake)
+    new_files, too_long = split_too_long([f for f in files if (f.key, f.etag) not in known], group, intake)
     rejections = [(obj, f"raw key would exceed {MAX_KEY_BYTES} bytes", group.grouping_key) for obj in too_long]
     if not new_files and not known:
-        marker = [obj for obj in observed if obj.key == group.grouping_key + intake.marker_file]
+        marker = [obj for obj in observed if obj.key == group.marker_key(intake.marker_file)]
         new = record_rejections(
             engine, rejections + [(m, "completion marker without data files", group.grouping_key) for m in marker]
         )
@@ -106,7 +106,7 @@ def register(
         }
     new = record_rejections(engine, rejections)
     if new_files:
-        submission_id, created = _register_new(engine, s3, bucket, intake, group, grouping_method, new_files, observed)
+        submission_id, created = _register_new(engine, s3, bucket, intake, group, method, new_files, observed)
     else:
         submission_id, created = _latest(engine, set(known.values())), False
     manifest = ensure_manifest(engine, s3, bucket, submission_id)
@@ -114,16 +114,16 @@ def register(
     return {**report(engine, manifest, created), "rejections": [asdict(r) for r in new]}
 
 
-def split_too_long(files: Sequence[Mapping[str, Any]], group: Group, intake: IntakeSettings) -> tuple[list, list]:
+def split_too_long(
+    files: Sequence[ClassifiedFile], group: Group, intake: IntakeSettings
+) -> tuple[list[ClassifiedFile], list[InboxObject]]:
     """Files whose raw key could exceed S3's 1,024-byte limit are rejected, not half-staged."""
-    types = [group.declared_file_type, UNKNOWN, *(f["file_type"] for f in files)]
+    types = [group.declared_file_type, UNKNOWN, *(f.file_type for f in files)]
     longest = max(len(t.encode()) for t in types)
     prefix_bytes = len(raw_prefix_for(intake.raw_prefix, group.submitter_id, "", "sub-" + "0" * 24).encode()) + longest
-    fits = [
-        f for f in files if prefix_bytes + len(relative_path(f["key"], group.grouping_key).encode()) <= MAX_KEY_BYTES
-    ]
-    fitting = {f["key"] for f in fits}
-    return fits, [InboxObject(f["key"], f["size"], f["etag"]) for f in files if f["key"] not in fitting]
+    fits = [f for f in files if prefix_bytes + len(relative_path(f.key, group.grouping_key).encode()) <= MAX_KEY_BYTES]
+    fitting = {f.key for f in fits}
+    return fits, [f.object for f in files if f.key not in fitting]
 
 
 def content_sha256_of(hashes: Mapping[str, str]) -> str:
@@ -145,10 +145,10 @@ def _original(engine: Engine, submitter_id: str, content_sha256: str, grouping_k
         )
 
 
-def already_registered(session: Session, files: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
+def already_registered(session: Session, files: Sequence[ClassifiedFile]) -> dict[tuple[str, str], str]:
     """(inbox_key, etag) -> submission_id for the files some submission already holds."""
     found: dict[tuple[str, str], str] = {}
-    pairs = [(f["key"], f["etag"]) for f in files]
+    pairs = [(f.key, f.etag) for f in files]
     for start in range(0, len(pairs), 500):
         rows = session.execute(
             select(SubmissionFile.inbox_key, SubmissionFile.etag, SubmissionFile.submission_id).where(
@@ -161,15 +161,24 @@ def already_registered(session: Session, files: Sequence[Mapping[str, Any]]) -> 
 
 def _latest(engine: Engine, submission_ids: set[str]) -> str:
     with Session(engine) as session:
-        return session.scalar(
+        return session.scalars(
             select(Submission.submission_id)
             .where(Submission.submission_id.in_(submission_ids))
             .order_by(Submission.id.desc())
-        )
+        ).first() or _missing(", ".join(sorted(submission_ids)))
 
 
-def _register_new(engine, s3, bucket, intake, group, grouping_method, new_files, observed) -> tuple[str, bool]:
-    new_keys = {f["key"] for f in new_files}
+def _register_new(
+    engine: Engine,
+    s3: S3Client,
+    bucket: str,
+    intake: IntakeSettings,
+    group: Group,
+    grouping_method: discovery.GroupingMethod,
+    new_files: Sequence[ClassifiedFile],
+    observed: Sequence[InboxObject],
+) -> tuple[str, bool]:
+    new_keys = {f.key for f in new_files}
     content_hash = fingerprint(obj for obj in observed if obj.key in new_keys)
     submission_id = submission_id_for(group.grouping_key, content_hash)
     with Session(engine) as session:
@@ -191,23 +200,23 @@ def _register_new(engine, s3, bucket, intake, group, grouping_method, new_files,
         raw_prefix=raw_prefix,
         manifest_key=manifest_key_for(raw_prefix),
         file_count=len(new_files),
-        total_bytes=sum(f["size"] for f in new_files),
+        total_bytes=sum(f.size for f in new_files),
         status="duplicate" if duplicate_of else "registered",
         previous_submission_id=_previous(engine, group.grouping_key),
         content_sha256=content_sha256,
         duplicate_of=duplicate_of,
     )
-    rows = [_file_row(submission_id, raw_prefix, group, f, hashes[f["key"]]) for f in new_files]
+    rows = [_file_row(submission_id, raw_prefix, group, f, hashes[f.key]) for f in new_files]
     seen = [
         _seen_row(submission_id, obj, new_keys)
         for obj in observed
-        if obj.key in new_keys or obj.key == group.grouping_key + intake.marker_file
+        if obj.key in new_keys or obj.key == group.marker_key(intake.marker_file)
     ]
     try:
         with Session(engine) as session, session.begin():
             session.add(submission)
             session.flush()
-            session.add_all(rows + seen)
+            session.add_all([*rows, *seen])
             session.flush()
             checkpoint("registrar.rows_flushed")
     except IntegrityError:
@@ -217,7 +226,7 @@ def _register_new(engine, s3, bucket, intake, group, grouping_method, new_files,
     return submission_id, True
 
 
-def _by_content(engine: Engine, grouping_key: str, content_hash: str, new_files) -> str:
+def _by_content(engine: Engine, grouping_key: str, content_hash: str, new_files: Sequence[ClassifiedFile]) -> str:
     with Session(engine) as session:
         submission_id = session.scalar(
             select(Submission.submission_id).where(
@@ -242,19 +251,19 @@ def _previous(engine: Engine, grouping_key: str) -> str | None:
         )
 
 
-def _file_row(submission_id: str, raw_prefix: str, group: Group, f: Mapping[str, Any], sha256: str) -> SubmissionFile:
+def _file_row(submission_id: str, raw_prefix: str, group: Group, f: ClassifiedFile, sha256: str) -> SubmissionFile:
     return SubmissionFile(
         submission_id=submission_id,
-        inbox_key=f["key"],
-        raw_key=raw_prefix + relative_path(f["key"], group.grouping_key),
-        size_bytes=f["size"],
+        inbox_key=f.key,
+        raw_key=raw_prefix + relative_path(f.key, group.grouping_key),
+        size_bytes=f.size,
         sha256=sha256,
-        etag=f["etag"],
-        file_type=f["file_type"],
-        layout_id=f.get("layout_id"),
-        layout_version=f.get("layout_version"),
-        classification=f["classification"],
-        classification_detail=(f.get("detail") or "")[:1000],
+        etag=f.etag,
+        file_type=f.file_type,
+        layout_id=f.layout_id,
+        layout_version=f.layout_version,
+        classification=f.classification,
+        classification_detail=f.detail[:1000],
     )
 
 
@@ -269,15 +278,24 @@ def _seen_row(submission_id: str, obj: InboxObject, data_keys: set[str]) -> Inbo
     )
 
 
-def hash_files(s3, bucket: str, files: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+def hash_files(s3: S3Client, bucket: str, files: Sequence[ClassifiedFile]) -> dict[str, str]:
     with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
-        digests = pool.map(lambda f: sha256_of(s3, bucket, f["key"], f["etag"]), files)
-        return {f["key"]: digest for f, digest in zip(files, digests, strict=True)}
+        digests = pool.map(lambda f: sha256_of(s3, bucket, f.key, f.etag), files)
+        return {f.key: digest for f, digest in zip(files, digests, strict=True)}
+
+
+def submission_row(session: Session, submission_id: str) -> Submission:
+    submission = session.scalar(select(Submission).where(Submission.submission_id == submission_id))
+    return submission if submission is not None else _missing(submission_id)
+
+
+def _missing(submission_id: str) -> NoReturn:
+    raise WorkerError(f"submission {submission_id} is not in the metadata DB")
 
 
 def load_manifest(engine: Engine, submission_id: str) -> tuple[Submission, Manifest]:
     with Session(engine) as session:
-        submission = session.scalar(select(Submission).where(Submission.submission_id == submission_id))
+        submission = submission_row(session, submission_id)
         files = session.scalars(select(SubmissionFile).where(SubmissionFile.submission_id == submission_id)).all()
         session.expunge_all()
     manifest = Manifest(
@@ -307,7 +325,7 @@ def load_manifest(engine: Engine, submission_id: str) -> tuple[Submission, Manif
     return submission, manifest
 
 
-def ensure_manifest(engine: Engine, s3, bucket: str, submission_id: str) -> Manifest:
+def ensure_manifest(engine: Engine, s3: S3Client, bucket: str, submission_id: str) -> Manifest:
     """Write the manifest create-only; an existing one must be byte-identical."""
     submission, manifest = load_manifest(engine, submission_id)
     if submission.manifest_written_at is not None:
@@ -327,14 +345,14 @@ def ensure_manifest(engine: Engine, s3, bucket: str, submission_id: str) -> Mani
             ) from None
     checkpoint("registrar.manifest_put")
     with Session(engine) as session, session.begin():
-        row = session.scalar(select(Submission).where(Submission.submission_id == submission_id))
+        row = submission_row(session, submission_id)
         row.manifest_written_at = row.manifest_written_at or utcnow()
     return manifest
 
 
 def report(engine: Engine, manifest: Manifest, created: bool) -> Metadata:
     with Session(engine) as session:
-        submission = session.scalar(select(Submission).where(Submission.submission_id == manifest.submission_id))
+        submission = submission_row(session, manifest.submission_id)
         status, raw_prefix, manifest_key = submission.status, submission.raw_prefix, submission.manifest_key
     return {
         "submission_id": manifest.submission_id,
@@ -366,10 +384,14 @@ def report(engine: Engine, manifest: Manifest, created: bool) -> Metadata:
 def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
     intake = load_intake_settings()
     group = group_from_params(params, intake)
-    files = params.get("files")
-    if files is None:
+    records = params.get("files")
+    if records is None:
         # Standalone runs classify the group first, as the job's op does before launching us.
-        files = classifier.work(settings, params)["files"]
+        files = classifier.classify(settings, group, intake)
+    elif isinstance(records, list):
+        files = [ClassifiedFile.from_record(record) for record in records]
+    else:
+        raise WorkerError(f"files must be a list of classified files, not {type(records).__name__}")
     with metadata_engine(settings.metadata_db_url) as engine:
         return register(
             engine=engine,
@@ -377,7 +399,7 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
             bucket=settings.bucket,
             intake=intake,
             group=group,
-            grouping_method=params.get("grouping_method") or "marker",
+            grouping_method=params.get("grouping_method") or discovery.MARKER,
             files=files,
         )
 
@@ -385,7 +407,12 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
 def main(argv: list[str] | None = None) -> int:
     def arguments(parser):
         parser.add_argument("--grouping-key", dest="grouping_key", help="required; e.g. inbox/acme/unknown/drop-001/")
-        parser.add_argument("--grouping-method", dest="grouping_method", default="marker", choices=GROUPING_METHODS)
+        parser.add_argument(
+            "--grouping-method",
+            dest="grouping_method",
+            default=discovery.MARKER,
+            choices=get_args(discovery.GroupingMethodInput),
+        )
 
     return run_worker("registrar", work, argv, arguments, description=__doc__)
 

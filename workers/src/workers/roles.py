@@ -29,12 +29,13 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from workers.catalogue import WORKERS
 from workers.settings import Settings, SettingsError, load_intake_settings, load_settings
-from workers.store import error_code, make_s3_client
+from workers.store import S3Client, error_code, make_s3_client
 
 BOOTSTRAP_PREFIX = "bootstrap/"
 VERBS = ("List", "ListUploads", "Read", "Write", "Delete")
@@ -151,7 +152,7 @@ def iam_policy(role: str, bucket: str, areas: Areas) -> dict:
     """A role's grants as an AWS-style IAM policy, as MinIO, SeaweedFS and AWS take it."""
     statements = []
     for verb, prefixes in grants(role, areas).items():
-        statement = {"Effect": "Allow", "Action": list(ACTIONS[verb])}
+        statement: dict[str, Any] = {"Effect": "Allow", "Action": list(ACTIONS[verb])}
         if verb in BUCKET_VERBS:
             statement["Resource"] = [f"arn:aws:s3:::{bucket}"]
             statement["Condition"] = {"StringLike": {"s3:prefix": [f"{prefix}*" for prefix in prefixes]}}
@@ -265,7 +266,7 @@ class Scratch:
             self.root.delete_object(Bucket=self.bucket, Key=key)
 
 
-def probe_area(s3, scratch: Scratch, prefix: str) -> dict[str, str]:
+def probe_area(s3: S3Client, scratch: Scratch, prefix: str) -> dict[str, str]:
     """Every probe of one role in one area, on the check's own objects only."""
     bucket = scratch.bucket
     fixture, created = scratch.fixture(prefix), scratch.key(prefix)

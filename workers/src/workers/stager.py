@@ -29,7 +29,7 @@ from workers.inbox import file_id
 from workers.manifest import Manifest
 from workers.runtime import Metadata, WorkerError, describe_failure, run_worker
 from workers.settings import Settings, load_intake_settings
-from workers.store import NOT_FOUND, PRECONDITION_FAILED, bare, error_code, make_s3_client, quoted, sha256_of
+from workers.store import NOT_FOUND, PRECONDITION_FAILED, S3Client, bare, error_code, make_s3_client, quoted, sha256_of
 
 MiB = 1024 * 1024
 # S3's single CopyObject limit; above it the copy must be multipart (UploadPartCopy).
@@ -67,7 +67,7 @@ class StagedFile:
 def stage_submission(
     *,
     engine: Engine,
-    s3,
+    s3: S3Client,
     bucket: str,
     submission_id: str,
     raw_root: str,
@@ -116,7 +116,7 @@ def load_submission(engine: Engine, submission_id: str, raw_root: str) -> tuple[
     return submission, list(files)
 
 
-def read_manifest(s3, bucket: str, key: str) -> Manifest:
+def read_manifest(s3: S3Client, bucket: str, key: str) -> Manifest:
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
@@ -171,7 +171,7 @@ def copy_files(
     return sorted(done, key=lambda s: s.raw_key)
 
 
-def stage_file(s3, bucket: str, file: SubmissionFile, plan: CopyPlan) -> StagedFile:
+def stage_file(s3: S3Client, bucket: str, file: SubmissionFile, plan: CopyPlan) -> StagedFile:
     try:
         create_only_copy(s3, bucket, file.inbox_key, file.etag, file.raw_key, file.size_bytes, plan)
     except ClientError as exc:
@@ -195,7 +195,7 @@ def stage_file(s3, bucket: str, file: SubmissionFile, plan: CopyPlan) -> StagedF
     return StagedFile(file.inbox_key, file.raw_key, file.size_bytes, file.sha256, copied=True)
 
 
-def already_staged(s3, bucket: str, file: SubmissionFile) -> StagedFile:
+def already_staged(s3: S3Client, bucket: str, file: SubmissionFile) -> StagedFile:
     """The raw key exists: the same bytes (an earlier or concurrent run) count as staged."""
     if sha256_of(s3, bucket, file.raw_key) != file.sha256:
         raise WorkerError(
@@ -251,11 +251,11 @@ def create_only_copy(
         raise
 
 
-def object_exists(s3, bucket: str, key: str) -> bool:
+def object_exists(s3: S3Client, bucket: str, key: str) -> bool:
     return head_etag(s3, bucket, key) is not None
 
 
-def head_etag(s3, bucket: str, key: str) -> str | None:
+def head_etag(s3: S3Client, bucket: str, key: str) -> str | None:
     try:
         return bare(s3.head_object(Bucket=bucket, Key=key)["ETag"])
     except ClientError as exc:
@@ -282,7 +282,7 @@ def mark_submission_staged(engine: Engine, submission_id: str) -> None:
         )
 
 
-def clean_inbox(engine: Engine, s3, bucket: str, submission_id: str) -> tuple[int, int]:
+def clean_inbox(engine: Engine, s3: S3Client, bucket: str, submission_id: str) -> tuple[int, int]:
     """Remove the observed inbox objects still holding the recorded bytes; (removed, kept) counts."""
     with Session(engine) as session:
         pending = session.scalars(
@@ -309,7 +309,7 @@ def clean_inbox(engine: Engine, s3, bucket: str, submission_id: str) -> tuple[in
     return removed, kept
 
 
-def remove_if_unchanged(s3, bucket: str, key: str, etag: str) -> bool:
+def remove_if_unchanged(s3: S3Client, bucket: str, key: str, etag: str) -> bool:
     """True once the recorded version is gone; False when a different upload sits at the key."""
     current = head_etag(s3, bucket, key)
     if current is None:

@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from workers.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client  # a boto3 S3 client's type, for the type checker only (dev)
+else:
+    S3Client = object
 
 # Bounded retries: a brief outage is ridden out, a dead endpoint fails within seconds.
 CLIENT_CONFIG = Config(
@@ -42,13 +48,15 @@ def quoted(etag: str) -> str:
     return f'"{bare(etag)}"'
 
 
-def sha256_of(s3, bucket: str, key: str, etag: str | None = None) -> str:
+def sha256_of(s3: S3Client, bucket: str, key: str, etag: str | None = None) -> str:
     """Hex SHA-256 of an object, streamed in chunks so a large file never sits in memory.
 
     With `etag`, only that version is read (If-Match): a file replaced meanwhile is refused.
     """
-    conditions = {"IfMatch": quoted(etag)} if etag else {}
-    body = s3.get_object(Bucket=bucket, Key=key, **conditions)["Body"]
+    if etag:
+        body = s3.get_object(Bucket=bucket, Key=key, IfMatch=quoted(etag))["Body"]
+    else:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
     digest = hashlib.sha256()
     for chunk in body.iter_chunks(READ_CHUNK):
         digest.update(chunk)
@@ -66,7 +74,7 @@ def make_s3_client(settings: Settings):
     )
 
 
-def ensure_bucket(s3, bucket: str) -> bool:
+def ensure_bucket(s3: S3Client, bucket: str) -> bool:
     """Create the bucket unless it exists; True when it was created."""
     try:
         s3.head_bucket(Bucket=bucket)

@@ -108,7 +108,7 @@ class ContainerMessageFile(dg.PipesMessageReader):
     arrived), and the report was lost although the worker had succeeded.
     """
 
-    handler = None
+    handler: Any = None  # dagster's PipesMessageHandler, set by read_messages
 
     @contextmanager
     def read_messages(self, handler) -> Iterator[dict[str, Any]]:
@@ -142,7 +142,7 @@ class ContainerClient(PipesDockerClient):
         self.messages = ContainerMessageFile()
         super().__init__(context_injector=self.context_file, message_reader=self.messages)
 
-    def _create_container(self, **kwargs):
+    def _create_container(self, **kwargs):  # type: ignore[override]  # called with keywords only
         self.container = super()._create_container(**kwargs)
         self.container.put_archive("/tmp", context_archive(self.context_file.payload))
         self.container.wait = self._wait
@@ -197,7 +197,11 @@ def read_file(container, path: str, attempts: int = 4) -> bytes:
 
 def unpack_file(stream) -> bytes:
     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-        return tar.extractfile(tar.next()).read()
+        member = tar.next()
+        content = tar.extractfile(member) if member is not None else None
+        if content is None:
+            raise tarfile.TarError("the archive holds no regular file")
+        return content.read()
 
 
 def context_archive(payload: bytes) -> bytes:

@@ -12,13 +12,13 @@ from contextlib import contextmanager
 
 import dagster as dg
 from pydantic import Field
+from workers.discovery import MARKER, GroupingMethodInput, grouping_method
 from workers.inbox import group_id
 from workers.settings import load_recovery_settings
 
 from orchestrator.defs.intake import assets
 from orchestrator.defs.resources import WorkerLauncher
 
-GROUPING_METHODS = ("marker", "quiescence")
 # Tags every intake run carries (retries keep their parent's): which group, which drop (the run
 # key of the sensor's first request: group id @ content), which sweeper round asked for it.
 PIPELINE_TAG = "health-intake/pipeline"
@@ -47,18 +47,15 @@ MARKDOWN_INLINE = re.compile(r"([\\|\[\]<>!*_`~&])")
 
 class GroupConfig(dg.Config):
     grouping_key: str = Field(description="The group's key prefix, e.g. inbox/acme/unknown/drop-001/")
-    grouping_method: str = Field(
-        default="marker", description="How the group was judged complete: marker or quiescence"
+    grouping_method: GroupingMethodInput = Field(
+        default=MARKER,
+        description="How the group was judged complete: MARKER_FILE or QUIESCENCE (or the older marker, quiescence)",
     )
 
 
 @dg.op(out=dg.Out(str, is_required=False, description="The submission to stage"))
 def register_submission_from_group(context: dg.OpExecutionContext, config: GroupConfig, launcher: WorkerLauncher):
     """Classifier, then registrar: one submission (with its manifest) for the group's new content."""
-    if config.grouping_method not in GROUPING_METHODS:
-        raise dg.Failure(
-            description=f"grouping_method must be one of {GROUPING_METHODS}, not {config.grouping_method!r}"
-        )
     with step_retries(context):
         yield from register(context, config, launcher)
 
@@ -67,7 +64,7 @@ def register(context: dg.OpExecutionContext, config: GroupConfig, launcher: Work
     classified = launcher.run(context=context, worker="classifier", extras={"grouping_key": config.grouping_key})
     extras = {
         "grouping_key": config.grouping_key,
-        "grouping_method": config.grouping_method,
+        "grouping_method": grouping_method(config.grouping_method),
         "files": classified["files"],
     }
     registered = launcher.run(context=context, worker="registrar", extras=extras)
@@ -145,7 +142,10 @@ def rejections_observed(rejections: list[dict], on_record: int | None = None) ->
     if len(rejections) > SHOWN_REJECTIONS:
         table += f"\n\nand {len(rejections) - SHOWN_REJECTIONS} more: `python -m workers.tables inbox_rejection`"
     table += "\n\nA file id's key: `python -m workers.tables --find <file id>`"
-    metadata = {"new_rejections": len(rejections), "rejected": dg.MetadataValue.md(table)}
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "new_rejections": len(rejections),
+        "rejected": dg.MetadataValue.md(table),
+    }
     if on_record is not None:
         metadata["rejections_on_record"] = on_record
     return dg.AssetObservation(
