@@ -79,7 +79,7 @@ def register(db_url: str) -> str:
     layouts.sync(engine, layouts.parse_definitions(layouts.packaged_definitions())[1])
     engine.dispose()
     files = classifier.work(settings, {"grouping_key": GROUP})["files"]
-    result = registrar.work(settings, {"grouping_key": GROUP, "grouping_method": "marker", "files": files})
+    result = registrar.work(settings, {"grouping_key": GROUP, "grouping_method": "MARKER_FILE", "files": files})
     return result["submission_id"]
 
 

@@ -120,7 +120,9 @@ def test_the_job_twice_for_one_group_registers_once(synced_layouts, s3_server):
 def test_a_malformed_grouping_key_fails_the_run_with_the_workers_reason_naming_it_by_id(synced_layouts):
     config = {
         "ops": {
-            "register_submission_from_group": {"config": {"grouping_key": "inbox/acme/", "grouping_method": "marker"}}
+            "register_submission_from_group": {
+                "config": {"grouping_key": "inbox/acme/", "grouping_method": "MARKER_FILE"}
+            }
         }
     }
     result = run_job(config)

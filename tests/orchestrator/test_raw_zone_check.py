@@ -29,7 +29,9 @@ def run_check() -> dg.AssetCheckEvaluation:
 def staged(synced_layouts, s3_server) -> dict:
     drop_files(s3_server.client(), synced_layouts.bucket, GROUP, {"medical_claims.csv": b"a\n", "b.txt": b"b"})
     files = classifier.work(synced_layouts, {"grouping_key": GROUP})["files"]
-    registered = registrar.work(synced_layouts, {"grouping_key": GROUP, "grouping_method": "marker", "files": files})
+    registered = registrar.work(
+        synced_layouts, {"grouping_key": GROUP, "grouping_method": "MARKER_FILE", "files": files}
+    )
     stager.work(synced_layouts, {"submission_id": registered["submission_id"]})
     return registered
 

@@ -28,7 +28,9 @@ NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 SETTINGS = load_recovery_settings({"SWEEP_ROUNDS": "2", "SWEEP_BACKOFF_SECONDS": "60", "STAGING_GRACE_MINUTES": "10"})
 GROUP = "inbox/acme/unknown/drop-001/"
 DROP = f"{group_id(GROUP)}_0123456789abcdef"
-CONFIG = {"ops": {"register_submission_from_group": {"config": {"grouping_key": GROUP, "grouping_method": "marker"}}}}
+CONFIG = {
+    "ops": {"register_submission_from_group": {"config": {"grouping_key": GROUP, "grouping_method": "MARKER_FILE"}}}
+}
 
 
 def run(status: str, minutes_ago: float, sweep: int = 0, run_id: str = "r", **tags: str) -> RunInfo:
@@ -142,7 +144,9 @@ def test_a_tick_with_the_metadata_db_down_asks_for_nothing_and_keeps_its_cursor(
 def test_the_last_error_is_the_failing_workers_own_line_naming_the_group_by_id(synced_layouts, instance):
     config = {
         "ops": {
-            "register_submission_from_group": {"config": {"grouping_key": "inbox/acme/", "grouping_method": "marker"}}
+            "register_submission_from_group": {
+                "config": {"grouping_key": "inbox/acme/", "grouping_method": "MARKER_FILE"}
+            }
         }
     }
     job = defs.resolve_job_def("register_submission_from_group_job")
@@ -163,7 +167,7 @@ def add_unstaged_submission(engine, submission_id: str, registered_ago: timedelt
                 submitter_id="acme",
                 file_type="unknown",
                 grouping_key=GROUP,
-                grouping_method="marker",
+                grouping_method="MARKER_FILE",
                 content_hash=submission_id.ljust(64, "c"),
                 raw_prefix=f"raw/acme/unknown/{submission_id}/",
                 manifest_key=f"raw/acme/unknown/{submission_id}/_manifest.json",
