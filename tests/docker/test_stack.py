@@ -22,8 +22,8 @@ import docker.errors
 import pytest
 from workers.inbox import group_id
 
-from tests.conftest import REPO, free_port_block
-from tests.docker.conftest import compose_env_file
+from tests.services import REPO, free_port_block
+from tests.containers import compose_env_file
 
 # Names of the test's own, so a stack already running on the engine is left alone.
 PROJECT = f"health-intake-test-{uuid.uuid4().hex[:8]}"
@@ -413,3 +413,79 @@ def test_a_worker_container_killed_mid_copy_is_retried_and_the_drop_ends_staged_
     )
     kinds = [event["__typename"] for event in log["logsForRun"]["events"]]
     assert "ExecutionStepUpForRetryEvent" in kinds, kinds
+
+
+def wait_for(what: str, check, timeout: float, explain) -> float:
+    """Seconds until check() is true; fails naming `what` with explain()'s account of the stack."""
+    began = time.monotonic()
+    while not check():
+        assert time.monotonic() - began < timeout, f"{what} not within {timeout:.0f} s: {explain()}"
+        time.sleep(3)
+    return time.monotonic() - began
+
+
+def ui_answers(stack) -> bool:
+    try:
+        with urllib.request.urlopen(f"{stack.ui_url('operator')}/healthz", timeout=5) as response:
+            return response.status == 204
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def test_the_daemon_killed_mid_copy_and_brought_back_up_fails_the_run_retries_it_and_the_drop_ends_staged_once(
+    stack, engine
+):
+    """docker kill of dagster_daemon (SIGKILL: no handler runs) while the stager copies, then the
+    README's `docker-compose up -d`: the interrupted run is marked failed by run monitoring (its
+    code server is gone), Dagster retries it, the orphaned worker container is removed with the
+    verdict, and the drop ends staged exactly once."""
+    group = "inbox/acme/unknown/daemon-killed/"
+    files = drop_many(stack, group, "dk")
+    orphan = stager_mid_copy(stack, engine, files)
+    (interrupted,) = [run for run in group_runs(stack, group) if run["status"] == "STARTED"]
+    container(stack, engine, "dagster_daemon").kill()
+    killed = time.monotonic()
+    up = stack.compose("up", "-d")
+    assert up.returncode == 0, up.stderr[-3000:]
+
+    def explain() -> str:
+        ps = stack.compose("ps").stdout
+        logs = stack.compose("logs", "--tail=40", "dagster_daemon", "ui_proxy").stdout
+        return f"{ps}\n{logs[-4000:]}"
+
+    wait_for("the UI answering through ui_proxy after docker-compose up -d", lambda: ui_answers(stack), 300, explain)
+    seconds = wait_converged(stack, group, files)
+    print(f"daemon killed mid-copy, then docker-compose up -d: staged {seconds:.0f} s after the UI answered")
+
+    def runs() -> dict[str, dict]:
+        return {run["runId"]: run for run in group_runs(stack, group)}
+
+    wait_for(
+        "the interrupted run marked failed and a retry succeeding",
+        lambda: (
+            runs()[interrupted["runId"]]["status"] == "FAILURE"
+            and any(run["status"] == "SUCCESS" for run in runs().values())
+        ),
+        300,
+        lambda: f"{runs()}\n{explain()}",
+    )
+    print(f"daemon killed: interrupted run failed and retried within {time.monotonic() - killed:.0f} s of the kill")
+    # The killed run's worker container outlived the daemon; run monitoring removed it with the verdict.
+    with pytest.raises(docker.errors.NotFound):
+        orphan.reload()
+
+
+def test_a_recreated_webserver_is_reached_through_the_proxy_at_its_new_address(stack, engine):
+    """nginx looks the webserver up again (images/ui-proxy/default.conf): without that, a webserver
+    recreated by `docker-compose up -d` (new address) got 502s from a proxy holding the old one."""
+    before = container(stack, engine, "dagster_webserver")
+    recreated = stack.compose("up", "-d", "--force-recreate", "--no-deps", "dagster_webserver")
+    assert recreated.returncode == 0, recreated.stderr[-3000:]
+    after = container(stack, engine, "dagster_webserver")
+    assert after.id != before.id
+
+    def explain() -> str:
+        return stack.compose("logs", "--tail=20", "ui_proxy").stdout[-3000:]
+
+    wait_for("the recreated webserver answering through ui_proxy", lambda: ui_answers(stack), 180, explain)
+    assert graphql_status(stack.ui_url("operator"), *stack.login("operator")) == 200
