@@ -6,6 +6,14 @@ test:
 	./scripts/install.sh
 	.venv/bin/python -m pytest
 
+.PHONY: test-quick
+# The inner loop (under 2 minutes): the workers' logic, the sensors' decisions and the settings, on SQLite
+# and the suite's S3 server. Leaves out the Postgres variants and Postgres-only tests, Dagster runs that
+# launch worker processes, containers, the reliability suite, dev_up.sh and the benchmark (make test runs all).
+test-quick:
+	./scripts/install.sh
+	.venv/bin/python -m pytest -m "not (postgres or dagster_runs or containers or reliability or slow or bench)"
+
 .PHONY: lint
 # ruff's checks and formatter, and the type checker (mypy.ini); the test suite runs the same.
 lint:

@@ -15,13 +15,13 @@ from datetime import datetime
 
 import dagster as dg
 from dagster_aws.s3.sensor import get_objects
+
+from bench.services import S3Endpoint
 from orchestrator.definitions import defs
 from orchestrator.defs.intake import jobs
 from orchestrator.defs.intake.sensors import inbox_discovery_sensor
 from workers.settings import load_settings
 from workers.store import make_s3_client
-
-from bench.services import S3Endpoint
 
 PREFIX = "inbox/"
 MARKER = "_SUCCESS"

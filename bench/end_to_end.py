@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
-from workers.inbox import group_id
 
 from bench.services import REPO
 from tests.services import DevUpProcess, fresh_copy
+from workers.inbox import group_id
 
 BUCKET = "health-raw"
 CLAIMS = "member_id,amount\n1,10\n2,{drop}\n"

@@ -16,10 +16,10 @@ import time
 import warnings
 
 import dagster as dg
-from orchestrator.defs.resources import WorkerLauncher, worker_env
-from workers.catalogue import worker
 
 from bench.services import REPO
+from orchestrator.defs.resources import WorkerLauncher, worker_env
+from workers.catalogue import worker
 
 LAUNCHED: list[float] = []
 IMAGE = "health-intake-heartbeat:latest"

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from workers.db import Submission, SubmissionFile, make_engine
-from workers.settings import load_settings
-from workers.store import make_s3_client, sha256_of
 
 from bench.services import S3Endpoint
 from workers import classifier, layouts, registrar, stager
+from workers.db import Submission, SubmissionFile, make_engine
+from workers.settings import load_settings
+from workers.store import make_s3_client, sha256_of
 
 MiB = 1024 * 1024
 GROUP = "inbox/bench/unknown/staging-drop/"

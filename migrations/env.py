@@ -3,6 +3,7 @@
 from logging.config import fileConfig
 
 from alembic import context
+
 from workers.db import Base, make_engine
 from workers.settings import load_metadata_db_url
 

@@ -1,6 +1,8 @@
 """Real services for the suite: a SeaweedFS S3 server, Postgres databases of the suite's own, SQLite.
 
 Each test gets a migrated metadata DB and a bucket of its own, and the environment a worker reads.
+The services themselves are started by tests/services.py; helpers that are not fixtures are in
+tests/helpers.py. Markers (pytest.ini) are put on tests here, by where they live.
 """
 
 from __future__ import annotations
@@ -8,26 +10,56 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from workers.db import make_engine
-from workers.settings import Settings, load_settings
 
-from tests.services import (  # noqa: F401 - re-exported: the tests import these from here
-    PG_ADMIN_URL,
-    REPO,
+from tests.services import (
     S3_KEYS,
     S3Server,
-    alembic_config,
     create_postgres_database,
     drop_postgres_database,
-    free_port_block,
     migrate,
     platform_environment,
-    port_is_free,
     remove_bucket,
     start_s3_server,
     stop_process_group,
     wait_for_s3,
 )
+from workers.db import make_engine
+from workers.settings import Settings, load_settings
+
+# Fixtures shared across directories, kept in modules of their own (pytest reads pytest_plugins in
+# the root conftest only).
+pytest_plugins = ["tests.container_fixtures"]
+
+# Markers by where a test lives (its path under the repository: a folder ending in "/" or a module).
+# pytest.ini says what each selects; -m picks any subset, e.g. -m reliability or -m "not containers".
+MARKS_BY_PATH = {
+    "tests/docker/": ("containers",),
+    "tests/reliability/": ("reliability",),
+    "tests/reliability/test_convergence.py": ("slow",),  # ./dev_up.sh in a fresh copy
+    "tests/test_dev_up.py": ("slow",),
+    "tests/bench/": ("bench",),
+}
+# A test that uses one of these (tests/container_fixtures.py, tests/docker/conftest.py) needs a
+# container engine and the images, wherever it lives.
+CONTAINER_FIXTURES = frozenset({"engine", "env_file", "images", "docker_mode"})
+# A test that uses one of these needs the local Postgres server (db_env: a database of its own with
+# a login per role, tests/workers/test_db_roles.py); so does db_url's postgresql variant.
+POSTGRES_FIXTURES = frozenset({"postgres_url", "db_env"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.path.relative_to(config.rootpath).as_posix() if item.path.is_relative_to(config.rootpath) else ""
+        for where, names in MARKS_BY_PATH.items():
+            if path == where or (where.endswith("/") and path.startswith(where)):
+                for name in names:
+                    item.add_marker(name)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if CONTAINER_FIXTURES & fixtures:
+            item.add_marker("containers")
+        if POSTGRES_FIXTURES & fixtures:
+            item.add_marker("postgres")
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +99,8 @@ def postgres_url() -> str:
     drop_postgres_database(url)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# Each test that takes db_url runs on SQLite and on the local Postgres; -m "not postgres" keeps SQLite's.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'metadata.db'}"
@@ -87,14 +120,6 @@ def platform_env(monkeypatch, migrated_db_url: str, s3_server: S3Server, bucket:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return load_settings()
-
-
-def drop_files(s3, bucket: str, grouping_key: str, files: dict[str, bytes], marker: str | None = "_SUCCESS") -> None:
-    """Puts files into the inbox as a partner would, then the completion marker."""
-    for name, body in files.items():
-        s3.put_object(Bucket=bucket, Key=grouping_key + name, Body=body)
-    if marker:
-        s3.put_object(Bucket=bucket, Key=grouping_key + marker, Body=b"")
 
 
 @pytest.fixture

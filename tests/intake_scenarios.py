@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import dagster as dg
 import sqlalchemy as sa
+
 from orchestrator.defs.intake.jobs import register_submission_from_group_job
 from orchestrator.defs.resources import WorkerLauncher
+from tests.helpers import drop_files
 from workers.settings import Settings
-
-from tests.conftest import drop_files
 
 # Every intake setting a worker reads, each away from its default so that a worker that did not
 # receive it would behave visibly differently (README "Intake settings").

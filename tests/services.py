@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from botocore.config import Config as BotoConfig
+
 from workers.store import CLIENT_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]

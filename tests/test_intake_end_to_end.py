@@ -3,16 +3,19 @@
 import hashlib
 
 import dagster as dg
+import pytest
 import sqlalchemy as sa
+
 from orchestrator.definitions import defs
 from orchestrator.defs.intake.jobs import register_submission_from_group_job
 from orchestrator.defs.intake.sensors import inbox_discovery_sensor
 from orchestrator.defs.resources import WorkerLauncher
+from tests.helpers import drop_files
 from workers.manifest import Manifest
 
-from tests.conftest import drop_files
-
 GROUP = "inbox/acme/unknown/drop-001/"
+
+pytestmark = pytest.mark.dagster_runs  # the job runs in process, its workers as real processes
 
 
 def tick(instance: dg.DagsterInstance, cursor: str | None):

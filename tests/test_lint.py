@@ -4,7 +4,7 @@ and the type checker over the workers and the orchestrator (mypy.ini)."""
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.services import REPO
 
 
 def ruff(*args: str) -> subprocess.CompletedProcess:

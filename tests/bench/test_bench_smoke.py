@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.services import REPO
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import shutil
 import subprocess
 
 import yaml
+
+from tests.containers import compose_env_file, skip_without_engine
+from tests.services import REPO
 from workers.catalogue import CONNECTION, IMAGES, WORKERS
 from workers.settings import load_launch_settings
-
-from tests.conftest import REPO
-from tests.docker.conftest import compose_env_file, skip_without_engine
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]

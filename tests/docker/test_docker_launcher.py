@@ -10,13 +10,13 @@ import uuid
 import dagster as dg
 import docker.errors
 import pytest
+
 from orchestrator.defs.bootstrap.assets import bootstrap_heartbeat_asset
 from orchestrator.defs.dagster_internals import RUN_LABEL, remove_run_containers
 from orchestrator.defs.resources import CONTAINER_LABEL, WorkerLauncher
-
-from tests.conftest import REPO
-from tests.docker.conftest import IMAGE_TAG, image_name
-from tests.orchestrator.test_bootstrap import add_fake_workers, failure_message, reported_heartbeat
+from tests.containers import IMAGE_TAG, image_name
+from tests.helpers import add_fake_workers, failure_message, reported_heartbeat
+from tests.services import REPO
 
 pytestmark = pytest.mark.usefixtures("docker_mode")
 

@@ -6,10 +6,10 @@
 import json
 
 import sqlalchemy as sa
-from orchestrator.defs.dagster_internals import wait_for_exit
 
-from tests.conftest import S3Server, platform_environment
-from tests.docker.conftest import image_name
+from orchestrator.defs.dagster_internals import wait_for_exit
+from tests.containers import image_name
+from tests.services import S3Server, platform_environment
 
 
 def worker_env(db_url: str, s3: S3Server, bucket: str) -> dict[str, str]:

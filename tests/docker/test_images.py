@@ -1,9 +1,9 @@
 """The images: each builds, each worker image explains itself, none runs as root."""
 
 import pytest
-from orchestrator.defs.dagster_internals import wait_for_exit
 
-from tests.docker.conftest import WORKERS, image_name
+from orchestrator.defs.dagster_internals import wait_for_exit
+from tests.containers import WORKERS, image_name
 
 
 def run(engine, image: str, *args: str, **kwargs) -> str:

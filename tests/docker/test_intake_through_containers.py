@@ -8,12 +8,13 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 import yaml
+
 from orchestrator.defs.dagster_internals import RUN_LABEL
 from orchestrator.defs.intake.assets import sync_layout_registry
 from orchestrator.defs.intake.jobs import register_submission_from_group_job
 from orchestrator.defs.resources import CONTAINER_LABEL, WorkerLauncher
-
-from tests.conftest import REPO, drop_files
+from tests.helpers import drop_files
+from tests.services import REPO
 
 pytestmark = pytest.mark.usefixtures("docker_mode")
 SEED_RUN_CONFIG = yaml.safe_load((REPO / "examples/register_drop_001.yaml").read_text())

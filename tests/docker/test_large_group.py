@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
+
 from orchestrator.defs.intake.jobs import register_submission_from_group_job
 from orchestrator.defs.resources import WorkerLauncher
 

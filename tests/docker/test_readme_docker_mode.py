@@ -22,8 +22,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from tests.conftest import free_port_block
-from tests.services import REPO, fresh_copy
+from tests.services import REPO, free_port_block, fresh_copy
 
 README = (REPO / "README.md").read_text()
 DOCKER_MODE = README[README.index("## Docker mode") : README.index("### Docker-mode troubleshooting")]

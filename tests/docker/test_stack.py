@@ -20,10 +20,10 @@ import uuid
 import boto3
 import docker.errors
 import pytest
-from workers.inbox import group_id
 
-from tests.services import REPO, free_port_block
 from tests.containers import compose_env_file
+from tests.services import REPO, free_port_block
+from workers.inbox import group_id
 
 # Names of the test's own, so a stack already running on the engine is left alone.
 PROJECT = f"health-intake-test-{uuid.uuid4().hex[:8]}"
@@ -57,9 +57,13 @@ class Stack:
             ["make", "-s", target, f"COMPOSE={compose}", *args], cwd=REPO, capture_output=True, text=True, timeout=300
         )
 
-    def compose(self, *args: str) -> subprocess.CompletedProcess:
-        command = ["docker-compose", "-p", PROJECT, "--env-file", str(self.env_file), *args]
-        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    def compose(self, *args: str, files: tuple[str, ...] = (), env: dict[str, str] | None = None):
+        """docker-compose against this test's stack; `files` adds override files to docker-compose.yml."""
+        chosen = [arg for name in ("docker-compose.yml", *files) for arg in ("-f", str(REPO / name))] if files else []
+        command = ["docker-compose", "-p", PROJECT, "--env-file", str(self.env_file), *chosen, *args]
+        return subprocess.run(
+            command, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}
+        )
 
     def graphql(self, query: str, variables: dict, ui: str = "operator") -> dict:
         """A GraphQL request through ui_proxy, with the login of `ui` (operator or viewer)."""
@@ -489,3 +493,67 @@ def test_a_recreated_webserver_is_reached_through_the_proxy_at_its_new_address(s
 
     wait_for("the recreated webserver answering through ui_proxy", lambda: ui_answers(stack), 180, explain)
     assert graphql_status(stack.ui_url("operator"), *stack.login("operator")) == 200
+
+
+PAUSE_OVERRIDE = "tests/docker/compose.pause.yml"
+
+
+def paused_worker(stack, engine, worker: str, timeout: float = 300):
+    """The `worker` container held at its pause point (it wrote /tmp/paused in its container)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for candidate in engine.containers.list(
+            filters={"label": f"health-intake.worker={worker}", "network": PROJECT}
+        ):
+            try:
+                candidate.get_archive("/tmp/paused")
+                return candidate
+            except docker.errors.NotFound:
+                pass
+        assert time.monotonic() < deadline, (
+            f"no {worker} reached its pause point: "
+            + stack.compose("logs", "--tail=60", "dagster_daemon").stdout[-3000:]
+        )
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("point", ["classifier.classified:1", "registrar.committed:1"])
+def test_the_daemon_killed_during_a_short_step_and_brought_back_up_ends_with_the_drop_staged_once(stack, engine, point):
+    """As the daemon-kill test above, with the run held at an exact place by the crash suite's pause
+    hook (tests/docker/compose.pause.yml): after the classifier listed the group, after the
+    registrar committed the submission. The daemon comes back without the hook (`up -d` with the
+    stack's own compose file)."""
+    worker = point.split(".")[0]
+    with_pause = stack.compose("up", "-d", "dagster_daemon", files=(PAUSE_OVERRIDE,), env={"WORKER_PAUSE_AT": point})
+    assert with_pause.returncode == 0, with_pause.stderr[-3000:]
+    group = f"inbox/acme/unknown/daemon-killed-{worker}/"
+    files = {f"{worker}_{n}.csv": os.urandom(1000) for n in range(3)}
+    s3 = stack.s3()
+    for name, body in files.items():
+        s3.put_object(Bucket=stack.settings["MINIO_BUCKET"], Key=group + name, Body=body)
+    s3.put_object(Bucket=stack.settings["MINIO_BUCKET"], Key=group + "_SUCCESS", Body=b"")
+    held = paused_worker(stack, engine, worker)
+    (interrupted,) = [run for run in group_runs(stack, group) if run["status"] == "STARTED"]
+    container(stack, engine, "dagster_daemon").kill()
+    up = stack.compose("up", "-d")
+    assert up.returncode == 0, up.stderr[-3000:]
+
+    def explain() -> str:
+        return stack.compose("logs", "--tail=40", "dagster_daemon").stdout[-4000:]
+
+    wait_for("the UI answering through ui_proxy after docker-compose up -d", lambda: ui_answers(stack), 300, explain)
+    seconds = wait_converged(stack, group, files)
+    print(f"daemon killed at {point}, then docker-compose up -d: staged {seconds:.0f} s after the UI answered")
+
+    def runs() -> dict[str, dict]:
+        return {run["runId"]: run for run in group_runs(stack, group)}
+
+    wait_for(
+        "the interrupted run marked failed",
+        lambda: runs()[interrupted["runId"]]["status"] == "FAILURE",
+        300,
+        lambda: f"{runs()}\n{explain()}",
+    )
+    # The held worker outlived the daemon; run monitoring removed it with the verdict.
+    with pytest.raises(docker.errors.NotFound):
+        held.reload()

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import REPO
+from tests.services import REPO
 
 FAILING_STEP = """
 services:

@@ -2,9 +2,9 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from workers.db import Base
 
-from tests.conftest import alembic_config, migrate
+from tests.services import alembic_config, migrate
+from workers.db import Base
 
 
 def table_names(url: str) -> set[str]:

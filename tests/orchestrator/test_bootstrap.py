@@ -2,13 +2,12 @@
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
+
 from orchestrator.definitions import defs
 from orchestrator.defs.bootstrap.assets import bootstrap_heartbeat_asset
 from orchestrator.defs.resources import WorkerLauncher
-from workers.catalogue import WORKERS, Worker
-
-from tests.conftest import REPO
+from tests.helpers import add_fake_workers, failure_message, reported_heartbeat
+from tests.services import REPO
 
 
 def materialize(launcher: WorkerLauncher | None = None) -> dg.ExecuteInProcessResult:
@@ -19,31 +18,12 @@ def materialize(launcher: WorkerLauncher | None = None) -> dg.ExecuteInProcessRe
     )
 
 
-def failure_message(result: dg.ExecuteInProcessResult) -> str:
-    (failure,) = result.get_step_failure_events()
-    return failure.step_failure_data.error.message
-
-
 def test_definitions_load_with_the_heartbeat_asset():
     dg.Definitions.validate_loadable(defs)
     assert dg.AssetKey("bootstrap_heartbeat_asset") in defs.resolve_asset_graph().get_all_asset_keys()
 
 
-def reported_heartbeat(result: dg.ExecuteInProcessResult, platform_env) -> dict:
-    """The heartbeat's materialization metadata, checked against the row it wrote (however it ran)."""
-    (materialization,) = result.asset_materializations_for_node("bootstrap_heartbeat_asset")
-    metadata = {key: value.value for key, value in materialization.metadata.items()}
-    engine = sa.create_engine(platform_env.metadata_db_url)
-    with engine.connect() as conn:
-        row = conn.execute(sa.text("SELECT id, message FROM bootstrap_heartbeat")).one()
-    engine.dispose()
-    assert metadata["row_id"] == row.id and row.message == "phase0_ok"
-    assert metadata["object_key"] == "bootstrap/hello.txt"
-    assert metadata["db_dialect"] == platform_env.db_dialect
-    assert metadata["endpoint_host"] == platform_env.endpoint_host
-    return metadata
-
-
+@pytest.mark.dagster_runs
 def test_asset_reports_the_workers_metadata(platform_env):
     result = materialize()
 
@@ -60,6 +40,7 @@ def dg_s3_head(settings, key: str) -> dict:
     return make_s3_client(settings).head_object(Bucket=settings.bucket, Key=key)
 
 
+@pytest.mark.dagster_runs
 def test_asset_fails_with_the_workers_message_when_the_database_is_unreachable(platform_env, monkeypatch):
     monkeypatch.setenv("METADATA_DB_URL", "postgresql+psycopg2://intake:SENTINEL-PW@127.0.0.1:1/metadata")
     result = materialize()
@@ -70,6 +51,7 @@ def test_asset_fails_with_the_workers_message_when_the_database_is_unreachable(p
     assert "SENTINEL-PW" not in message
 
 
+@pytest.mark.dagster_runs
 def test_asset_fails_with_the_workers_message_when_the_object_store_is_unreachable(platform_env, monkeypatch):
     monkeypatch.setenv("MINIO_ENDPOINT", "http://127.0.0.1:1")
     result = materialize()
@@ -88,11 +70,7 @@ def fake_workers_on_path(monkeypatch):
     return WorkerLauncher()
 
 
-def add_fake_workers(monkeypatch, image: str = "heartbeat") -> None:
-    for name in ("silent", "crashes", "echoes", "limits"):
-        monkeypatch.setitem(WORKERS, name, Worker(name, image=image, s3_role="heartbeat", db_role="heartbeat"))
-
-
+@pytest.mark.dagster_runs
 def test_asset_fails_when_the_worker_exits_without_reporting(platform_env, fake_workers_on_path):
     launcher = fake_workers_on_path
     result = dg.materialize([_asset_running("silent")], resources={"launcher": launcher}, raise_on_error=False)
@@ -100,6 +78,7 @@ def test_asset_fails_when_the_worker_exits_without_reporting(platform_env, fake_
     assert "silent worker exited without reporting a result" in failure_message(result)
 
 
+@pytest.mark.dagster_runs
 def test_asset_fails_with_the_exit_code_when_the_worker_dies_before_pipes(platform_env, fake_workers_on_path):
     result = dg.materialize(
         [_asset_running("crashes")], resources={"launcher": fake_workers_on_path}, raise_on_error=False

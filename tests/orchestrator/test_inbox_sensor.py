@@ -18,15 +18,14 @@ from dagster._core.test_utils import create_test_daemon_workspace_context
 from dagster._core.workspace.load_target import ModuleTarget
 from dagster._daemon import get_default_daemon_logger
 from dagster._daemon.sensor import execute_sensor_iteration
+
 from orchestrator.definitions import defs
 from orchestrator.defs.intake import sensors
 from orchestrator.defs.intake.sensors import inbox_discovery_sensor, sensor_interval_seconds
+from tests.services import free_port_block, migrate, platform_environment
 from workers.discovery import load_state
 from workers.inbox import file_id, group_id
 from workers.settings import SettingsError
-
-from tests.conftest import migrate, platform_environment
-from tests.services import free_port_block
 
 DROP = "inbox/acme/unknown/drop-001/"
 STRICT_TAG_VALUE = re.compile(r"[A-Za-z0-9_.-]{0,63}")

@@ -9,13 +9,14 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from markdown_it import MarkdownIt
+
 from orchestrator.defs.intake.assets import sync_layout_registry
 from orchestrator.defs.intake.jobs import markdown_cell, markdown_table, register_submission_from_group_job
 from orchestrator.defs.resources import WorkerLauncher
+from tests.helpers import drop_files
+from tests.services import REPO
 from workers.inbox import file_id, group_id
 from workers.manifest import Manifest
-
-from tests.conftest import REPO, drop_files
 
 SEED_RUN_CONFIG = yaml.safe_load((REPO / "examples/register_drop_001.yaml").read_text())
 # The run config as the seed document prints it (its "Run the registration job manually" step).
@@ -44,6 +45,7 @@ def output_metadata(result: dg.ExecuteInProcessResult, op: str) -> dict:
     return metadata
 
 
+@pytest.mark.dagster_runs
 def test_sync_layout_registry_reports_what_it_added(platform_env):
     result = dg.materialize([sync_layout_registry], resources={"launcher": WorkerLauncher()})
     (materialization,) = result.asset_materializations_for_node("sync_layout_registry")
@@ -65,6 +67,7 @@ def test_the_launchpad_offers_the_seeds_grouping_methods():
     assert ["MARKER_FILE", "QUIESCENCE", "marker", "quiescence"] in enums.values()
 
 
+@pytest.mark.dagster_runs
 @pytest.mark.parametrize(
     "method, recorded",
     [
@@ -103,6 +106,7 @@ def test_the_seed_run_config_registers_and_stages_the_group(synced_layouts, s3_s
     engine.dispose()
 
 
+@pytest.mark.dagster_runs
 def test_the_job_twice_for_one_group_registers_once(synced_layouts, s3_server):
     drop_files(s3_server.client(), synced_layouts.bucket, GROUP, {"medical_claims.csv": b"x\n"})
     first = output_metadata(run_job(SEED_RUN_CONFIG), "register_submission_from_group")
@@ -117,6 +121,7 @@ def test_the_job_twice_for_one_group_registers_once(synced_layouts, s3_server):
     assert first["submission_id"]
 
 
+@pytest.mark.dagster_runs
 def test_a_malformed_grouping_key_fails_the_run_with_the_workers_reason_naming_it_by_id(synced_layouts):
     config = {
         "ops": {
@@ -145,6 +150,7 @@ def test_an_unknown_grouping_method_is_refused_before_the_run_starts(synced_layo
     engine.dispose()
 
 
+@pytest.mark.dagster_runs
 def test_raw_objects_are_never_listed_in_file_contents_metadata(synced_layouts, s3_server):
     secret = b"SENTINEL-PHI-CONTENT 123-45-6789"
     drop_files(s3_server.client(), synced_layouts.bucket, GROUP, {"medical_claims.csv": secret})
@@ -196,6 +202,7 @@ def inbox_observations(result: dg.ExecuteInProcessResult) -> list[dg.AssetObserv
     ]
 
 
+@pytest.mark.dagster_runs
 def test_a_marker_alone_registers_nothing_and_its_rejection_is_observed_on_the_inbox_asset(synced_layouts, s3_server):
     drop_files(s3_server.client(), synced_layouts.bucket, GROUP, {})
 
@@ -212,6 +219,7 @@ def test_a_marker_alone_registers_nothing_and_its_rejection_is_observed_on_the_i
     assert inbox_observations(run_job(SEED_RUN_CONFIG)) == []
 
 
+@pytest.mark.dagster_runs
 def test_a_file_left_out_of_a_registered_group_is_in_the_op_metadata_and_observed(synced_layouts, s3_server):
     # Fits S3's 1,024-byte key limit in the inbox (segments under SeaweedFS's 255), not under raw/.
     too_long = GROUP + "/".join(["n" * 240] * 4) + "/" + "x" * 20 + ".csv"

@@ -6,12 +6,11 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 import yaml
+
 from orchestrator.defs.intake.jobs import register_submission_from_group_job
 from orchestrator.defs.resources import WorkerLauncher
+from tests.services import REPO, Webserver
 from workers.settings import SettingsError, load_launch_settings
-
-from tests.conftest import REPO
-from tests.services import Webserver
 
 SEED_RUN_CONFIG = yaml.safe_load((REPO / "examples/register_drop_001.yaml").read_text())
 # What a run config could once set, and what an attacker would want from each.
@@ -73,6 +72,7 @@ def launch_params(run_config: dict) -> dict:
     return {"params": {"selector": selector, "runConfigData": run_config, "mode": "default"}}
 
 
+@pytest.mark.dagster_runs
 def test_graphql_launch_run_refuses_a_run_config_that_sets_a_launch_setting(webserver):
     for field in HOSTILE:
         answer = webserver.graphql(LAUNCH, launch_params(with_launcher_config(field)))["launchRun"]
@@ -81,6 +81,7 @@ def test_graphql_launch_run_refuses_a_run_config_that_sets_a_launch_setting(webs
     assert webserver.graphql(RUNS)["runsOrError"]["results"] == []
 
 
+@pytest.mark.dagster_runs
 def test_graphql_launch_run_accepts_the_seed_run_config(webserver):
     """The control for the refusal above: the same mutation, without launcher config, starts a run."""
     answer = webserver.graphql(LAUNCH, launch_params(SEED_RUN_CONFIG))["launchRun"]

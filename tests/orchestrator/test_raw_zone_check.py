@@ -1,28 +1,15 @@
 """The raw_copies_match_manifests asset check, through the launcher and a real audit worker process."""
 
-import dagster as dg
 import pytest
-from orchestrator.defs.intake.checks import raw_copies_match_manifests, raw_zone
-from orchestrator.defs.resources import WorkerLauncher
+
+from tests.helpers import drop_files, run_check
+from workers import classifier, registrar, stager
 from workers.inbox import file_id
 from workers.manifest import Manifest
 
-from tests.conftest import drop_files
-from workers import classifier, registrar, stager
-
 GROUP = "inbox/acme/unknown/drop-001/"
 
-
-def run_check() -> dg.AssetCheckEvaluation:
-    defs = dg.Definitions(
-        assets=[raw_zone],
-        asset_checks=[raw_copies_match_manifests],
-        jobs=[dg.define_asset_job("audit_raw_zone", selection=dg.AssetSelection.checks(raw_copies_match_manifests))],
-        resources={"launcher": WorkerLauncher()},
-    )
-    result = defs.resolve_job_def("audit_raw_zone").execute_in_process()
-    (evaluation,) = result.get_asset_check_evaluations()
-    return evaluation
+pytestmark = pytest.mark.dagster_runs  # each test runs the check's job with a real audit worker
 
 
 @pytest.fixture

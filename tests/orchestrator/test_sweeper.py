@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+
 from orchestrator.definitions import defs
 from orchestrator.defs.intake import assets, checks, jobs
 from orchestrator.defs.intake.sweeper import (
@@ -141,6 +142,7 @@ def test_a_tick_with_the_metadata_db_down_asks_for_nothing_and_keeps_its_cursor(
     assert "metadata database unavailable" in result.skip_message
 
 
+@pytest.mark.dagster_runs
 def test_the_last_error_is_the_failing_workers_own_line_naming_the_group_by_id(synced_layouts, instance):
     config = {
         "ops": {
@@ -191,6 +193,7 @@ def run_stuck_check() -> dg.AssetCheckEvaluation:
     return evaluation
 
 
+@pytest.mark.dagster_runs
 def test_the_check_run_from_the_ui_passes_with_nothing_stuck_and_fails_naming_a_stuck_drop_by_id(platform_env):
     engine = make_engine(platform_env.metadata_db_url)
     add_unstaged_submission(engine, "sub-recent", registered_ago=timedelta(minutes=5))

@@ -3,6 +3,7 @@
 import crypt
 
 import pytest
+
 from orchestrator.ui_access import Login, UiAccessError, main, render
 
 ENV = {"UI_OPERATOR_PASSWORD": "op-secret-1", "UI_VIEWER_PASSWORD": "view-secret-2"}

@@ -2,10 +2,11 @@
 changed in the launching process's environment changes what the workers do (subprocess mode here;
 tests/docker/test_worker_settings_in_containers.py runs the same scenario in containers)."""
 
-from orchestrator.defs.resources import worker_env
-from workers.catalogue import CONNECTION, WORKERS, worker
+import pytest
 
+from orchestrator.defs.resources import worker_env
 from tests.intake_scenarios import NON_DEFAULT_INTAKE, assert_every_setting_took_effect, run_with_non_default_settings
+from workers.catalogue import CONNECTION, WORKERS, worker
 
 LAUNCHER_ONLY = {
     "WORKER_LAUNCH_MODE": "docker",
@@ -29,5 +30,6 @@ def test_a_worker_gets_its_roles_keys_instead_of_the_launchers():
     assert worker_env(worker("registrar"), env)["MINIO_ACCESS_KEY"] == "launcher"
 
 
+@pytest.mark.dagster_runs
 def test_every_intake_setting_reaches_the_worker_processes(synced_layouts, s3_server, monkeypatch):
     assert_every_setting_took_effect(run_with_non_default_settings(monkeypatch, synced_layouts, s3_server.client()))

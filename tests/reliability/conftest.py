@@ -1,24 +1,18 @@
-"""Shared by the reliability suite: a Postgres-backed platform, worker processes, and the ledger
-from which docs/reliability.md is written at the end of every session that ran these tests."""
+"""Shared by the reliability suite: a Postgres-backed platform, and the ledger from which
+docs/reliability.md is written at the end of every session that ran these tests. Running worker
+processes and checking the invariants they leave: tests/helpers.py."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import platform
-import subprocess
-import sys
 from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
-import sqlalchemy as sa
-from workers.db import make_engine
-from workers.manifest import Manifest
 
-from tests.conftest import REPO, migrate, platform_environment
+from tests.services import REPO, migrate, platform_environment
 from workers import layouts
+from workers.db import make_engine
 
 REPORT = REPO / "docs" / "reliability.md"
 
@@ -115,89 +109,3 @@ def pg_platform(monkeypatch, postgres_url, s3_server, bucket) -> dict[str, str]:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
-
-
-def run_worker(
-    env: dict[str, str], worker: str, *args: str, crash_at: str | None = None
-) -> subprocess.CompletedProcess:
-    extra = {"WORKER_CRASH_AT": crash_at} if crash_at else {}
-    return subprocess.run(
-        [sys.executable, "-m", f"workers.{worker}", *args],
-        env={**os.environ, **env, **extra},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
-def result_of(done: subprocess.CompletedProcess) -> dict:
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout)
-
-
-def staged_state(env: dict[str, str], s3, grouping_key: str, expected: dict[str, bytes]) -> dict[str, int]:
-    """Checks every invariant for one group; returns counts of files checked, lost and duplicated."""
-    engine = sa.create_engine(env["METADATA_DB_URL"])
-    bucket = env["MINIO_BUCKET"]
-    with engine.connect() as conn:
-        subs = conn.execute(
-            sa.text("SELECT submission_id, status, manifest_key, raw_prefix FROM submission WHERE grouping_key = :g"),
-            {"g": grouping_key},
-        ).all()
-        files = conn.execute(
-            sa.text(
-                "SELECT f.inbox_key, f.raw_key, f.sha256, f.staged_at FROM submission_file f "
-                "JOIN submission s ON s.submission_id = f.submission_id WHERE s.grouping_key = :g"
-            ),
-            {"g": grouping_key},
-        ).all()
-        unremoved = conn.execute(
-            sa.text(
-                "SELECT count(*) FROM inbox_object o JOIN submission s ON s.submission_id = o.submission_id "
-                "WHERE s.grouping_key = :g AND o.removed_at IS NULL"
-            ),
-            {"g": grouping_key},
-        ).scalar()
-    engine.dispose()
-    staged = {
-        f.inbox_key.removeprefix(grouping_key)
-        for f in files
-        if f.staged_at
-        and raw_sha256(s3, bucket, f.raw_key) == f.sha256 == sha(expected[f.inbox_key.removeprefix(grouping_key)])
-    }
-    raw_objects = [o["Key"] for sub in subs for o in list_all(s3, bucket, sub.raw_prefix)]
-    manifests_ok = all(manifest_matches(s3, bucket, sub.manifest_key, files) for sub in subs)
-    return {
-        "submissions": len(subs),
-        "staged_submissions": sum(sub.status == "staged" for sub in subs),
-        "files_checked": len(expected),
-        "files_lost": len(set(expected) - staged),
-        "files_duplicated": len(files)
-        - len({f.inbox_key for f in files})
-        + max(0, len(raw_objects) - len(files) - len(subs)),
-        "manifests_ok": manifests_ok,
-        "inbox_left": len(list_all(s3, bucket, grouping_key)),
-        "inbox_rows_unremoved": unremoved,
-    }
-
-
-def sha(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
-
-
-def raw_sha256(s3, bucket: str, key: str) -> str | None:
-    try:
-        return sha(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-    except s3.exceptions.NoSuchKey:
-        return None
-
-
-def list_all(s3, bucket: str, prefix: str) -> list[dict]:
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return [obj for page in pages for obj in page.get("Contents", ())]
-
-
-def manifest_matches(s3, bucket: str, key: str, files) -> bool:
-    manifest = Manifest.from_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-    rows = {(f.raw_key, f.sha256) for f in files}
-    return all((entry.raw_key, entry.sha256) in rows for entry in manifest.files)

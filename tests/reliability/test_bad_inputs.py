@@ -17,13 +17,13 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 from botocore.exceptions import ClientError
+
 from orchestrator.definitions import defs
 from orchestrator.defs.intake.sensors import inbox_discovery_sensor
+from tests.helpers import list_all
+from workers import classifier, layouts, registrar, stager
 from workers.db import make_engine
 from workers.settings import load_settings
-
-from tests.reliability.conftest import list_all
-from workers import classifier, layouts, registrar, stager
 
 G = "inbox/acme/unknown/"
 

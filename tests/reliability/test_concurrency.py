@@ -22,11 +22,11 @@ from dagster._core.workspace.load_target import ModuleTarget
 from dagster._daemon import get_default_daemon_logger
 from dagster._daemon import sensor as sensor_daemon_module
 from dagster._daemon.sensor import execute_sensor_iteration
-from workers.db import make_engine
 
-from tests.conftest import create_postgres_database, drop_files, drop_postgres_database, migrate, platform_environment
-from tests.reliability.conftest import result_of, run_worker
+from tests.helpers import drop_files, result_of, run_worker
+from tests.services import create_postgres_database, drop_postgres_database, migrate, platform_environment
 from workers import layouts
+from workers.db import make_engine
 
 GROUP = "inbox/acme/unknown/race/"
 RACERS = 6

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from workers.inbox import group_id
 
-from tests.conftest import S3_KEYS, S3Server, drop_files, start_s3_server, stop_process_group, wait_for_s3
-from tests.reliability.conftest import staged_state
-from tests.services import DevUpProcess, fresh_copy
+from tests.helpers import drop_files, staged_state
+from tests.services import S3_KEYS, DevUpProcess, S3Server, fresh_copy, start_s3_server, stop_process_group, wait_for_s3
+from workers.inbox import group_id
 
 FILES = {f"claims_{n}.csv": os.urandom(2_000_000) for n in range(3)}
 # Quick rounds for a test: the defaults are minutes (workers.settings.RECOVERY_DEFAULTS).

@@ -13,8 +13,7 @@ import signal
 
 import pytest
 
-from tests.conftest import drop_files
-from tests.reliability.conftest import result_of, run_worker, staged_state
+from tests.helpers import drop_files, result_of, run_worker, staged_state
 
 SEED = int(os.environ.get("RELIABILITY_SEED", "20261128"))
 FILES = 6

@@ -10,12 +10,11 @@ import os
 
 import pytest
 from botocore.exceptions import ClientError
+
+from tests.helpers import drop_files, result_of, run_worker
 from workers.inbox import file_id
 from workers.stager import CopyPlan, create_only_copy
 from workers.store import PRECONDITION_FAILED
-
-from tests.conftest import drop_files
-from tests.reliability.conftest import result_of, run_worker
 
 MiB = 1024 * 1024
 TAKEN = "raw/acme/immutability/taken.csv"

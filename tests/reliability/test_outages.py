@@ -13,13 +13,13 @@ from contextlib import contextmanager, suppress
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+
 from orchestrator.definitions import defs
 from orchestrator.defs.intake.sensors import inbox_discovery_sensor
-
-from tests.conftest import (
+from tests.helpers import drop_files, list_all, run_worker
+from tests.services import (
     S3_KEYS,
     S3Server,
-    drop_files,
     free_port_block,
     migrate,
     platform_environment,
@@ -27,7 +27,6 @@ from tests.conftest import (
     stop_process_group,
     wait_for_s3,
 )
-from tests.reliability.conftest import list_all, run_worker
 
 GROUP = "inbox/acme/unknown/outage/"
 DB_PASSWORD = "SENTINEL-DB-PASSWORD-retry"

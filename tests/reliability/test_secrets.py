@@ -16,15 +16,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+
 from orchestrator.definitions import defs
 from orchestrator.defs.bootstrap.assets import bootstrap_heartbeat_asset
 from orchestrator.defs.intake.assets import sync_layout_registry
 from orchestrator.defs.intake.jobs import register_submission_from_group_job
 from orchestrator.defs.intake.sensors import inbox_discovery_sensor
 from orchestrator.defs.resources import WorkerLauncher
-
-from tests.conftest import PG_ADMIN_URL, S3Server, drop_files, migrate, start_s3_server, stop_process_group, wait_for_s3
-from tests.docker.conftest import IMAGE_TAG, engine, env_file, images  # noqa: F401 - fixtures, for Docker mode
+from tests.containers import IMAGE_TAG
+from tests.helpers import drop_files
+from tests.services import PG_ADMIN_URL, S3Server, migrate, start_s3_server, stop_process_group, wait_for_s3
 
 ACCESS_KEY = "AKIASENTINELACCESS7"
 SECRET_KEY = "SENTINEL-SECRET-KEY-9f3a"
@@ -212,7 +213,7 @@ def failing_run(instance: dg.DagsterInstance, launcher: WorkerLauncher, monkeypa
     return result.get_step_failure_events()[0].step_failure_data.error.to_string()
 
 
-@pytest.mark.parametrize("launch_mode", ["subprocess", "docker"])
+@pytest.mark.parametrize("launch_mode", ["subprocess", pytest.param("docker", marks=pytest.mark.containers)])
 def test_no_credential_file_content_or_object_key_leaves_the_metadata_db_and_object_store(
     launch_mode, request, sentinel_platform, tmp_path, capfd, monkeypatch, ledger
 ):

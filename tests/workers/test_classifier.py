@@ -1,11 +1,11 @@
 import pytest
+
+from tests.helpers import drop_files
+from workers import classifier
 from workers.classifier import load_classifier, submitter_filename
 from workers.inbox import Group, InboxObject
 from workers.layouts import Layout
 from workers.runtime import WorkerError
-
-from tests.conftest import drop_files
-from workers import classifier
 
 ACME = Group("inbox/acme/unknown/drop-001/", "acme", "unknown")
 LAYOUTS = [

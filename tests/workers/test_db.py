@@ -6,10 +6,10 @@ import time
 import psycopg2
 import pytest
 import sqlalchemy as sa
+
+from tests.services import migrate
 from workers.db import connect_with_retry, is_transient, make_engine
 from workers.settings import DbConnectSettings
-
-from tests.conftest import migrate
 
 NOWHERE = {"host": "127.0.0.1", "port": 1, "dbname": "metadata", "connect_timeout": 10}
 
@@ -86,7 +86,7 @@ def test_which_connection_failures_are_worth_a_retry(message, transient):
     assert is_transient(psycopg2.OperationalError(message)) is transient
 
 
-@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("dialect", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_a_failed_statement_never_carries_its_bound_values(dialect, tmp_path, request):
     """An object key (which can name a member) bound into a statement that fails stays out of the error."""
     url = f"sqlite:///{tmp_path / 'm.db'}" if dialect == "sqlite" else request.getfixturevalue("postgres_url")

@@ -14,6 +14,7 @@ import sys
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+
 from orchestrator.definitions import defs
 from orchestrator.defs import resources
 from orchestrator.defs.bootstrap.assets import bootstrap_heartbeat_asset
@@ -21,17 +22,14 @@ from orchestrator.defs.intake.assets import sync_layout_registry
 from orchestrator.defs.intake.jobs import register_submission_from_group_job
 from orchestrator.defs.intake.sensors import inbox_discovery_sensor
 from orchestrator.defs.resources import WorkerLauncher
+from tests.helpers import BUCKET, ROLE_KEYS, drop_files, roles_env, run_check
+from tests.services import PG_ADMIN_URL, create_postgres_database, drop_postgres_database, migrate
+from workers import db_roles
 from workers.catalogue import WORKERS, worker
 from workers.db import Base, InboxRejection, Submission
 from workers.inbox import InboxObject, file_id
 from workers.outcomes import record_rejections
 from workers.settings import SettingsError
-
-from tests.conftest import drop_files
-from tests.orchestrator.test_raw_zone_check import run_check
-from tests.services import PG_ADMIN_URL, create_postgres_database, drop_postgres_database, migrate
-from tests.workers.test_roles import BUCKET, ROLE_KEYS, role_server, roles_env  # noqa: F401 - a fixture
-from workers import db_roles
 
 GROUP = "inbox/acme/unknown/dbroles-001/"
 
@@ -212,7 +210,7 @@ def test_every_worker_has_a_db_role_and_every_table_granted_exists_in_the_schema
 
 
 @pytest.fixture
-def each_worker_on_its_role(applied, role_server, monkeypatch) -> dict[str, str]:  # noqa: F811
+def each_worker_on_its_role(applied, role_server, monkeypatch) -> dict[str, str]:
     """The daemon's environment in Docker mode: the sensor's DB URL and S3 keys as its own, every
     worker's to hand on (the launcher gives each worker its DB role's URL as METADATA_DB_URL)."""
     env = {
@@ -226,7 +224,8 @@ def each_worker_on_its_role(applied, role_server, monkeypatch) -> dict[str, str]
     return env
 
 
-def test_the_intake_runs_end_to_end_with_each_worker_on_its_own_db_role(each_worker_on_its_role, applied, role_server):  # noqa: F811
+@pytest.mark.dagster_runs
+def test_the_intake_runs_end_to_end_with_each_worker_on_its_own_db_role(each_worker_on_its_role, applied, role_server):
     root = role_server.client()
     launcher = {"launcher": WorkerLauncher()}
     assert dg.materialize([bootstrap_heartbeat_asset], resources=launcher).success

@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, quote_plus, urlsplit
 
 import pytest
+
+from tests.services import S3Server
 from workers.discovery import (
     MARKER,
     QUIESCENCE,
@@ -24,8 +26,6 @@ from workers.discovery import (
 )
 from workers.inbox import InboxObject, fingerprint, group_id
 from workers.settings import load_intake_settings
-
-from tests.conftest import S3Server
 
 SETTINGS = load_intake_settings({})  # defaults: inbox/, depth 3, _SUCCESS, 10 min, 24 h
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -8,11 +8,11 @@ import sys
 import pytest
 import sqlalchemy as sa
 from botocore.exceptions import EndpointConnectionError
+
+from tests.services import platform_environment
 from workers.db import make_engine
 from workers.heartbeat import HELLO_KEY, MESSAGE, beat
 from workers.store import make_s3_client
-
-from tests.conftest import platform_environment
 
 
 def run_heartbeat(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

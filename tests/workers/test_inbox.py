@@ -1,6 +1,7 @@
 """The inbox layout's pure functions: stable ids in place of keys, and keys refused for their shape."""
 
 import pytest
+
 from workers.inbox import file_id, group_id, group_of, rejection_reason, unsafe_segment
 
 PREFIX, DEPTH = "inbox/", 3

@@ -5,10 +5,10 @@ import sys
 
 import pytest
 import sqlalchemy as sa
-from workers.db import make_engine
-from workers.runtime import WorkerError
 
 from workers import layouts
+from workers.db import make_engine
+from workers.runtime import WorkerError
 
 A = {"layout_id": "a", "submitter_id": "*", "filename_pattern": "a*.csv", "file_type": "alpha", "version": 1}
 B = {"layout_id": "b", "submitter_id": "acme", "filename_pattern": "b*.csv", "file_type": "beta", "version": 1}

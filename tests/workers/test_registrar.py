@@ -7,13 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
+
+from tests.helpers import drop_files
+from workers import classifier, registrar
 from workers.inbox import file_id
 from workers.manifest import Manifest
 from workers.runtime import WorkerError
 from workers.store import make_s3_client
-
-from tests.conftest import drop_files
-from workers import classifier, registrar
 
 KEY = "inbox/acme/unknown/drop-001/"
 CLAIMS = b"member_id,amount\n1,10\n"

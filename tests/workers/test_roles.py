@@ -3,7 +3,6 @@ work, is refused outside it, and the whole intake runs with each worker holding 
 
 import json
 import os
-import secrets
 import stat
 import subprocess
 import sys
@@ -12,59 +11,18 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 from botocore.exceptions import ClientError
+
 from orchestrator.definitions import defs
 from orchestrator.defs.intake.jobs import register_submission_from_group_job
 from orchestrator.defs.intake.sensors import inbox_discovery_sensor
 from orchestrator.defs.resources import WorkerLauncher, worker_env
+from tests.helpers import BUCKET, ROLE_KEYS, drop_files, role_variables, roles_env, run_check
+from tests.services import REPO, S3Server
+from workers import layouts, roles
 from workers.catalogue import Worker, worker
 from workers.db import make_engine
 
-from tests.conftest import REPO, S3Server, drop_files, start_s3_server, stop_process_group, wait_for_s3
-from tests.orchestrator.test_raw_zone_check import run_check
-from workers import layouts, roles
-
-BUCKET = "health-raw"
 GROUP = "inbox/acme/unknown/roles-001/"
-ROOT = ("root-" + secrets.token_hex(6), secrets.token_hex(16))
-ROLE_KEYS = {role: (f"{role}-{secrets.token_hex(6)}", secrets.token_hex(16)) for role in roles.GRANTS}
-
-
-def role_variables() -> dict[str, str]:
-    env = {}
-    for role, (access, secret) in ROLE_KEYS.items():
-        access_name, secret_name = roles.key_variables(role)
-        env[access_name], env[secret_name] = access, secret
-    return env
-
-
-def roles_env(endpoint: str = "http://s3:9000", keys: tuple[str, str] = ROOT, **extra: str) -> dict[str, str]:
-    """Connection settings with `keys` as the process's own, and every role's keys."""
-    return {
-        "METADATA_DB_URL": "sqlite://",
-        "MINIO_ENDPOINT": endpoint,
-        "MINIO_ACCESS_KEY": keys[0],
-        "MINIO_SECRET_KEY": keys[1],
-        "MINIO_BUCKET": BUCKET,
-        **role_variables(),
-        **extra,
-    }
-
-
-@pytest.fixture(scope="module")
-def role_server(tmp_path_factory) -> S3Server:
-    """An S3 server that knows only the root identity and one identity per role, as rendered."""
-    root = tmp_path_factory.mktemp("roles")
-    roles.render(root / "rendered", roles_env())
-    proc, port = start_s3_server(
-        root / "data", root / "s3.log", keys=ROOT, identities=root / "rendered/identities.json"
-    )
-    server = S3Server(f"http://127.0.0.1:{port}", *ROOT)
-    try:
-        wait_for_s3(server, proc, root / "s3.log")
-        server.client().create_bucket(Bucket=BUCKET)
-        yield server
-    finally:
-        stop_process_group(proc)
 
 
 def client_as(server: S3Server, role: str):
@@ -291,6 +249,7 @@ def test_the_launcher_hands_each_worker_its_roles_keys_only():
         worker_env(worker("stager"), {"MINIO_STAGER_ACCESS_KEY": "a"})
 
 
+@pytest.mark.dagster_runs
 def test_the_intake_runs_end_to_end_with_each_worker_under_its_role(role_env, role_server):
     engine = make_engine(role_env["METADATA_DB_URL"])
     layouts.sync(engine, layouts.parse_definitions(layouts.packaged_definitions())[1])

@@ -1,4 +1,5 @@
 import pytest
+
 from workers.settings import (
     DEFAULTS,
     DbConnectSettings,

@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from botocore.exceptions import ClientError
 from sqlalchemy.orm import Session
+
 from workers.db import InboxObject, Submission, SubmissionFile, make_engine, utcnow
 from workers.inbox import file_id
 from workers.manifest import Manifest, ManifestFile, manifest_key_for, raw_prefix_for

@@ -1,10 +1,10 @@
 """python -m workers.tables: the operator's way from an id shown in the UI back to the key."""
 
 import sqlalchemy as sa
-from workers.db import make_engine
-from workers.inbox import file_id, group_id
 
 from workers import tables
+from workers.db import make_engine
+from workers.inbox import file_id, group_id
 
 GROUP = "inbox/acme/unknown/Jane-Roe/"
 KEY = GROUP + "John-Q-Patient.csv"

@@ -48,6 +48,7 @@ from dagster._grpc.client import DagsterGrpcClient
 from dagster._grpc.types import GetCurrentRunsResult
 from dagster._serdes import deserialize_value
 from dagster_docker import PipesDockerClient
+
 from workers.settings import SettingsError, load_launch_settings
 
 Context = dg.AssetExecutionContext | dg.OpExecutionContext

@@ -16,11 +16,6 @@ from typing import Any
 import dagster as dg
 import docker.errors
 from dagster_pipes import DagsterPipesError
-from workers.catalogue import Worker, worker
-from workers.db_roles import db_url_for
-from workers.roles import role_credentials
-from workers.runtime import RESULT_MARKER
-from workers.settings import LaunchSettings, SettingsError, load_launch_settings
 
 from orchestrator.defs.dagster_internals import (
     RUN_LABEL,
@@ -29,6 +24,11 @@ from orchestrator.defs.dagster_internals import (
     run_subprocess,
     worker_error,
 )
+from workers.catalogue import Worker, worker
+from workers.db_roles import db_url_for
+from workers.roles import role_credentials
+from workers.runtime import RESULT_MARKER
+from workers.settings import LaunchSettings, SettingsError, load_launch_settings
 
 # What a Python process needs to start and find its packages and CA bundle; none is a secret.
 PROCESS_BASICS = (

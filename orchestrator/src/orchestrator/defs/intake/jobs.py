@@ -12,12 +12,12 @@ from contextlib import contextmanager
 
 import dagster as dg
 from pydantic import Field
-from workers.discovery import MARKER, GroupingMethodInput, grouping_method
-from workers.inbox import group_id
-from workers.settings import load_recovery_settings
 
 from orchestrator.defs.intake import assets
 from orchestrator.defs.resources import WorkerLauncher
+from workers.discovery import MARKER, GroupingMethodInput, grouping_method
+from workers.inbox import group_id
+from workers.settings import load_recovery_settings
 
 # Tags every intake run carries (retries keep their parent's): which group, which drop (the run
 # key of the sensor's first request: group id @ content), which sweeper round asked for it.

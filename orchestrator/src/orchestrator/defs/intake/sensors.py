@@ -15,15 +15,15 @@ from datetime import UTC, datetime
 
 import dagster as dg
 from sqlalchemy.exc import SQLAlchemyError
+
+from orchestrator.defs.intake import jobs
+from workers import discovery
 from workers.db import metadata_engine
 from workers.inbox import InboxObject, file_id, group_id, list_objects, rejection_reason
 from workers.outcomes import record_rejections, rejections_on_record
 from workers.runtime import describe_failure
 from workers.settings import IntakeSettings, SettingsError, load_intake_settings, load_settings
 from workers.store import make_s3_client
-
-from orchestrator.defs.intake import jobs
-from workers import discovery
 
 SHOWN_NAMES = 5
 # Dagster's strict tag value form, so the tags filter and display everywhere.

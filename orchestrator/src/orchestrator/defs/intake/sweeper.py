@@ -27,6 +27,8 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
 from sqlalchemy.exc import SQLAlchemyError
+
+from orchestrator.defs.intake import assets, jobs
 from workers.db import metadata_engine
 from workers.recovery import (
     CONVERGED,
@@ -44,8 +46,6 @@ from workers.recovery import (
 )
 from workers.runtime import describe_failure
 from workers.settings import RecoverySettings, load_settings
-
-from orchestrator.defs.intake import assets, jobs
 
 ACTIVE = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"}
 FAILED = {"FAILURE", "CANCELED"}
