@@ -169,8 +169,10 @@ def test_the_worker_containers_of_a_run_found_dead_are_removed_and_no_others(ima
         for run in (lost, lost, other)
     ]
     try:
-        removed = remove_run_containers(lost)
-        assert sorted(removed) == sorted(c.short_id for c in started[:2])
+        removal = remove_run_containers(lost)
+        assert sorted(removal.removed) == sorted(c.short_id for c in started[:2])
+        assert removal.left == () and removal.problem == ""
+        assert removal.note() == f"; removed its worker container(s) {', '.join(removal.removed)}"
         for gone in started[:2]:
             with pytest.raises(docker.errors.NotFound):
                 gone.reload()
@@ -182,3 +184,13 @@ def test_the_worker_containers_of_a_run_found_dead_are_removed_and_no_others(ima
                 container.remove(force=True)
             except docker.errors.NotFound:
                 pass
+
+
+def test_a_lost_runs_verdict_says_when_the_engine_did_not_answer(monkeypatch, tmp_path):
+    """A socket nobody listens on (a real refused connection): the verdict says the containers were
+    not looked for, rather than failing the health check."""
+    monkeypatch.setenv("WORKER_LAUNCH_MODE", "docker")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-engine.sock'}")
+    removal = remove_run_containers("test-run-nowhere")
+    assert removal.removed == () and removal.left == ()
+    assert removal.note().startswith("; its worker containers were not looked for: the engine refused or did not")

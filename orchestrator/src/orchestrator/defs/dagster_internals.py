@@ -36,6 +36,7 @@ import tarfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -166,23 +167,26 @@ class ContainerClient(PipesDockerClient):
         lines = worker_lines(self.output())
         return " | ".join(lines[-OUTPUT_TAIL_LINES:]) or "(no output)"
 
-    def remove_container(self, timeout: float = 15) -> None:
-        """Remove the container and wait until the engine no longer lists it: Podman has answered a
-        removal while its own exit clean-up still held the container."""
-        if self.container is None:
-            return
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.container.remove(force=True)
-                self.container.reload()
-            except docker.errors.NotFound:
-                return
-            except docker.errors.APIError:
-                pass  # busy in the engine's clean-up: retried below
-            if time.monotonic() > deadline:
-                raise dg.Failure(description=f"worker container {self.container.short_id} could not be removed")
-            time.sleep(0.5)
+    def remove_container(self) -> None:
+        if self.container is not None and not remove_until_gone(self.container):
+            raise dg.Failure(description=f"worker container {self.container.short_id} could not be removed")
+
+
+def remove_until_gone(container, timeout: float = 15) -> bool:
+    """Force-remove a container and wait until the engine no longer lists it (Podman has answered a
+    removal while its own exit clean-up still held the container); False if it is still there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            container.remove(force=True)
+            container.reload()
+        except docker.errors.NotFound:
+            return True
+        except docker.errors.APIError:
+            pass  # busy in the engine's clean-up: retried below
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
 
 
 def read_file(container, path: str, attempts: int = 4) -> bytes:
@@ -296,26 +300,42 @@ class MonitoredRunLauncher(DefaultRunLauncher):
         """The verdict on a run whose process is gone. Its worker containers outlive it (the engine
         holds them, not the process that died): they are removed before the run is marked failed, so
         no worker of a failed run goes on touching the store beside the retry's."""
-        removed = remove_run_containers(run.run_id)
-        note = f"; removed its worker container(s) {', '.join(removed)}" if removed else ""
-        return CheckRunHealthResult(status, f"{why}: its process is gone{note}")
+        return CheckRunHealthResult(status, f"{why}: its process is gone{remove_run_containers(run.run_id).note()}")
 
 
-def remove_run_containers(run_id: str) -> list[str]:
-    """Force-remove the worker containers labelled with `run_id` (Docker mode); their short ids.
-    An engine that cannot be reached is logged by the caller's verdict text, not raised: the run is
-    failed either way, and the retry's workers are safe beside a late one (create-only copies,
-    conditional deletes, one submission per content)."""
+@dataclass(frozen=True)
+class Removal:
+    """What became of a lost run's worker containers."""
+
+    removed: tuple[str, ...] = ()  # short ids
+    left: tuple[str, ...] = ()  # short ids still listed by the engine
+    problem: str = ""  # the engine refused or did not answer
+
+    def note(self) -> str:
+        """For the run's verdict: nothing when there was nothing to remove."""
+        parts = [f"removed its worker container(s) {', '.join(self.removed)}"] if self.removed else []
+        parts += [f"could not remove {', '.join(self.left)}"] if self.left else []
+        parts += [f"its worker containers were not looked for: {self.problem}"] if self.problem else []
+        return "".join(f"; {part}" for part in parts)
+
+
+def remove_run_containers(run_id: str) -> Removal:
+    """Force-remove the worker containers labelled with `run_id` (Docker mode). An engine that
+    cannot be reached is told in the caller's verdict text, not raised: the run is failed either
+    way, and the retry's workers are safe beside a late one (create-only copies, conditional
+    deletes, one submission per content)."""
     try:
         if load_launch_settings().mode != "docker":
-            return []
+            return Removal()
     except SettingsError:
-        return []  # a bad launch setting fails every launch with its own message; nothing was started
+        return Removal()  # a bad launch setting fails every launch with its own message; nothing was started
     try:
         engine = docker.from_env(timeout=30)
         containers = engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
-        for container in containers:
-            container.remove(force=True)
+        gone = {container.short_id: remove_until_gone(container) for container in containers}
     except docker.errors.DockerException as exc:
-        return [f"(none: the engine refused or did not answer: {type(exc).__name__})"]
-    return [container.short_id for container in containers]
+        return Removal(problem=f"the engine refused or did not answer ({type(exc).__name__})")
+    return Removal(
+        removed=tuple(short for short, ok in gone.items() if ok),
+        left=tuple(short for short, ok in gone.items() if not ok),
+    )
