@@ -13,7 +13,7 @@ import posixpath
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, get_type_hints
 
 from workers.db import metadata_engine
 from workers.faults import checkpoint
@@ -65,22 +65,15 @@ class ClassifiedFile:
         """The file a record describes; WorkerError naming the field (never the key) when it is malformed."""
         if not isinstance(record, Mapping):
             raise WorkerError(f"a classified file is a mapping, not {type(record).__name__}")
-        for name, kinds in RECORD_FIELDS.items():
-            if not isinstance(record.get(name), kinds) or isinstance(record.get(name), bool):
-                raise WorkerError(f"a classified file's {name!r} is missing or not a {kinds[0].__name__}")
-        return cls(**{name: record[name] for name in RECORD_FIELDS})
+        for name, kind in FIELD_TYPES.items():
+            value = record.get(name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise WorkerError(f"a classified file's {name!r} is missing or not {getattr(kind, '__name__', kind)}")
+        return cls(**{name: record[name] for name in FIELD_TYPES})
 
 
-RECORD_FIELDS: dict[str, tuple[type, ...]] = {
-    "key": (str,),
-    "size": (int,),
-    "etag": (str,),
-    "file_type": (str,),
-    "layout_id": (str, type(None)),
-    "layout_version": (int, type(None)),
-    "classification": (str,),
-    "detail": (str,),
-}
+# The fields' declared types, resolved once: what from_record checks a record against.
+FIELD_TYPES: dict[str, Any] = get_type_hints(ClassifiedFile)
 
 
 def submitter_filename(group: Group, obj: InboxObject, layouts: Sequence[Layout]) -> Classification:
