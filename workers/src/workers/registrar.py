@@ -59,7 +59,9 @@ def submission_file_type(group: Group, files: Sequence[ClassifiedFile]) -> str:
     return types.pop() if len(types) == 1 else UNKNOWN
 
 
-def observed_objects(s3, bucket: str, group: Group, files: Sequence[ClassifiedFile], marker: str) -> list[InboxObject]:
+def observed_objects(
+    s3: S3Client, bucket: str, group: Group, files: Sequence[ClassifiedFile], marker: str
+) -> list[InboxObject]:
     """The classified files as they are now, plus the marker; refuses if a classified file changed."""
     current = {obj.key: obj for obj in list_objects(s3, bucket, group.grouping_key)}
     changed = [f.key for f in files if f.key not in current or current[f.key].etag != f.etag]
