@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 
 import boto3
 import docker.errors
@@ -348,8 +349,10 @@ GROUP_RUNS = """query($group: String!) { runsOrError(filter: {tags: [{key: "heal
   ... on Runs { results { runId status jobName } } } }"""
 
 
-def drop_many(stack, group: str, stem: str) -> dict[str, bytes]:
-    files = {f"{stem}_{n:02d}.csv": os.urandom(CONVERGE_FILE_BYTES) for n in range(CONVERGE_FILES)}
+def drop_many(
+    stack, group: str, stem: str, count: int = CONVERGE_FILES, size: int = CONVERGE_FILE_BYTES
+) -> dict[str, bytes]:
+    files = {f"{stem}_{n:02d}.csv": os.urandom(size) for n in range(count)}
     s3 = stack.s3()
     for name, body in files.items():
         s3.put_object(Bucket=stack.settings["MINIO_BUCKET"], Key=group + name, Body=body)
@@ -436,6 +439,27 @@ def ui_answers(stack) -> bool:
         return False
 
 
+def kill_the_daemon_and_bring_the_stack_back(stack, engine) -> Callable[[], str]:
+    """`docker kill` of dagster_daemon (SIGKILL: no handler runs), then the README's
+    `docker-compose up -d`, until the UI answers through ui_proxy again. Returns what explains a
+    later wait's failure: the stack's services and the daemon's and the proxy's last lines."""
+    container(stack, engine, "dagster_daemon").kill()
+    up = stack.compose("up", "-d")
+    assert up.returncode == 0, up.stderr[-3000:]
+
+    def explain() -> str:
+        ps = stack.compose("ps").stdout
+        logs = stack.compose("logs", "--tail=40", "dagster_daemon", "ui_proxy").stdout
+        return f"{ps}\n{logs[-4000:]}"
+
+    wait_for("the UI answering through ui_proxy after docker-compose up -d", lambda: ui_answers(stack), 300, explain)
+    return explain
+
+
+def runs_by_id(stack, group: str) -> dict[str, dict]:
+    return {run["runId"]: run for run in group_runs(stack, group)}
+
+
 def test_the_daemon_killed_mid_copy_and_brought_back_up_fails_the_run_retries_it_and_the_drop_ends_staged_once(
     stack, engine
 ):
@@ -447,22 +471,11 @@ def test_the_daemon_killed_mid_copy_and_brought_back_up_fails_the_run_retries_it
     files = drop_many(stack, group, "dk")
     orphan = stager_mid_copy(stack, engine, files)
     (interrupted,) = [run for run in group_runs(stack, group) if run["status"] == "STARTED"]
-    container(stack, engine, "dagster_daemon").kill()
     killed = time.monotonic()
-    up = stack.compose("up", "-d")
-    assert up.returncode == 0, up.stderr[-3000:]
-
-    def explain() -> str:
-        ps = stack.compose("ps").stdout
-        logs = stack.compose("logs", "--tail=40", "dagster_daemon", "ui_proxy").stdout
-        return f"{ps}\n{logs[-4000:]}"
-
-    wait_for("the UI answering through ui_proxy after docker-compose up -d", lambda: ui_answers(stack), 300, explain)
+    explain = kill_the_daemon_and_bring_the_stack_back(stack, engine)
     seconds = wait_converged(stack, group, files)
     print(f"daemon killed mid-copy, then docker-compose up -d: staged {seconds:.0f} s after the UI answered")
-
-    def runs() -> dict[str, dict]:
-        return {run["runId"]: run for run in group_runs(stack, group)}
+    runs = lambda: runs_by_id(stack, group)
 
     wait_for(
         "the interrupted run marked failed and a retry succeeding",
@@ -527,26 +540,13 @@ def test_the_daemon_killed_during_a_short_step_and_brought_back_up_ends_with_the
     with_pause = stack.compose("up", "-d", "dagster_daemon", files=(PAUSE_OVERRIDE,), env={"WORKER_PAUSE_AT": point})
     assert with_pause.returncode == 0, with_pause.stderr[-3000:]
     group = f"inbox/acme/unknown/daemon-killed-{worker}/"
-    files = {f"{worker}_{n}.csv": os.urandom(1000) for n in range(3)}
-    s3 = stack.s3()
-    for name, body in files.items():
-        s3.put_object(Bucket=stack.settings["MINIO_BUCKET"], Key=group + name, Body=body)
-    s3.put_object(Bucket=stack.settings["MINIO_BUCKET"], Key=group + "_SUCCESS", Body=b"")
+    files = drop_many(stack, group, worker, count=3, size=1000)
     held = paused_worker(stack, engine, worker)
     (interrupted,) = [run for run in group_runs(stack, group) if run["status"] == "STARTED"]
-    container(stack, engine, "dagster_daemon").kill()
-    up = stack.compose("up", "-d")
-    assert up.returncode == 0, up.stderr[-3000:]
-
-    def explain() -> str:
-        return stack.compose("logs", "--tail=40", "dagster_daemon").stdout[-4000:]
-
-    wait_for("the UI answering through ui_proxy after docker-compose up -d", lambda: ui_answers(stack), 300, explain)
+    explain = kill_the_daemon_and_bring_the_stack_back(stack, engine)
     seconds = wait_converged(stack, group, files)
     print(f"daemon killed at {point}, then docker-compose up -d: staged {seconds:.0f} s after the UI answered")
-
-    def runs() -> dict[str, dict]:
-        return {run["runId"]: run for run in group_runs(stack, group)}
+    runs = lambda: runs_by_id(stack, group)
 
     wait_for(
         "the interrupted run marked failed",
