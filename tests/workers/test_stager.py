@@ -12,16 +12,19 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 from botocore.exceptions import ClientError
 from sqlalchemy.orm import Session
 
-from workers.db import InboxObject, Submission, SubmissionFile, make_engine, utcnow
+from workers.db import InboxObject, RawObject, Submission, SubmissionFile, make_engine, utcnow
 from workers.inbox import file_id
 from workers.manifest import Manifest, ManifestFile, manifest_key_for, raw_prefix_for
+from workers.registrar import ensure_manifest
 from workers.runtime import WorkerError
+from workers.settings import RetentionSettings
 from workers.stager import CopyPlan, create_only_copy, stage_submission, work
 from workers.store import PRECONDITION_FAILED, make_s3_client
 
@@ -112,13 +115,8 @@ def register(platform_env):
                 InboxObject(submission_id=submission_id, key=MARKER, size_bytes=0, etag=marker_etag, role="marker")
             )
         if write_manifest:
-            s3.put_object(Bucket=platform_env.bucket, Key=manifest_key_for(raw_prefix), Body=manifest.to_bytes())
-            with Session(engine) as session, session.begin():
-                session.execute(
-                    sa.update(Submission)
-                    .where(Submission.submission_id == submission_id)
-                    .values(manifest_written_at=utcnow())
-                )
+            # As the registrar writes it: create-only, locked, its version recorded.
+            ensure_manifest(engine, s3, platform_env.bucket, submission_id)
         return Registered(
             submission_id,
             raw_prefix,
@@ -191,6 +189,39 @@ def removed_at_by_key(settings, submission_id: str) -> dict:
     return dict(rows)
 
 
+def versions_by_key(settings, prefix: str) -> dict[str, list[tuple[bool, str]]]:
+    """key -> [(is a delete marker, version id)], newest first, of every version under `prefix`."""
+    s3 = make_s3_client(settings)
+    found: dict[str, list[tuple[bool, str, object]]] = {}
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=settings.bucket, Prefix=prefix):
+        for kind in ("Versions", "DeleteMarkers"):
+            for v in page.get(kind, ()):
+                found.setdefault(v["Key"], []).append((kind == "DeleteMarkers", v["VersionId"], v["LastModified"]))
+    return {
+        key: [(marker, vid) for marker, vid, _ in sorted(vs, key=lambda v: v[2], reverse=True)]
+        for key, vs in found.items()
+    }
+
+
+def removed_versions(settings, submission_id: str) -> dict:
+    engine = sa.create_engine(settings.metadata_db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(InboxObject.key, InboxObject.removed_version_id).where(InboxObject.submission_id == submission_id)
+        ).all()
+    engine.dispose()
+    return dict(rows)
+
+
+def raw_objects(settings, submission_id: str) -> dict[str, RawObject]:
+    engine = make_engine(settings.metadata_db_url)
+    with Session(engine) as session:
+        rows = session.scalars(sa.select(RawObject).where(RawObject.submission_id == submission_id)).all()
+        session.expunge_all()
+    engine.dispose()
+    return {row.key: row for row in rows}
+
+
 def run_stager(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "workers.stager", *args],
@@ -218,6 +249,90 @@ def test_stages_every_file_with_the_sha256_the_manifest_records(platform_env, re
     assert result["file_table"] == [
         {"file_id": file_id(f.inbox_key), "size_bytes": f.size_bytes, "sha256": f.sha256} for f in by_raw_key
     ]
+
+
+def test_each_raw_copy_and_the_manifest_is_locked_from_its_own_write_and_its_version_recorded(platform_env, register):
+    registered = register(some_files(3))
+    s3 = make_s3_client(platform_env)
+
+    stage(platform_env, registered, delete_inbox=False)
+
+    recorded = raw_objects(platform_env, registered.submission_id)
+    assert sorted(recorded) == sorted([*registered.raw_keys, registered.manifest_key])
+    for key, row in recorded.items():
+        (current,) = [v for v in s3.list_object_versions(Bucket=platform_env.bucket, Prefix=key)["Versions"]]
+        assert row.version_id == current["VersionId"]
+        assert row.kind == ("manifest" if key == registered.manifest_key else "data")
+        if key != registered.manifest_key:
+            assert row.sha256 == hashlib.sha256(registered.files[key]).hexdigest()
+        retention = s3.get_object_retention(Bucket=platform_env.bucket, Key=key, VersionId=row.version_id)
+        # The defaults: COMPLIANCE for ten years, counted from the version's own Last-Modified.
+        assert retention["Retention"]["Mode"] == row.retention_mode == "COMPLIANCE"
+        until = retention["Retention"]["RetainUntilDate"]
+        assert until == row.retain_until.astimezone(until.tzinfo)
+        # A manifest is put already locked, dated from just before its write, rounded up: it
+        # may hold one second longer.
+        slack = timedelta(seconds=1 if key == registered.manifest_key else 0)
+        assert timedelta(days=3653) <= until - current["LastModified"] <= timedelta(days=3653) + slack
+        assert row.legal_hold is False
+
+
+def test_a_legal_hold_and_governance_mode_are_applied_when_asked_for(platform_env, register):
+    registered = register(some_files(2))
+    s3 = make_s3_client(platform_env)
+    retention = RetentionSettings(mode="GOVERNANCE", days=7, legal_hold=True)
+
+    stage(platform_env, registered, delete_inbox=False, retention=retention)
+
+    for key in registered.raw_keys:
+        row = raw_objects(platform_env, registered.submission_id)[key]
+        got = s3.get_object_retention(Bucket=platform_env.bucket, Key=key, VersionId=row.version_id)["Retention"]
+        hold = s3.get_object_legal_hold(Bucket=platform_env.bucket, Key=key, VersionId=row.version_id)
+        assert (got["Mode"], row.retention_mode, row.legal_hold) == ("GOVERNANCE", "GOVERNANCE", True)
+        assert hold["LegalHold"]["Status"] == "ON"
+        written = s3.head_object(Bucket=platform_env.bucket, Key=key, VersionId=row.version_id)["LastModified"]
+        assert got["RetainUntilDate"] - written == timedelta(days=7)
+
+
+def test_a_staged_version_cannot_be_deleted_or_replaced_even_with_the_root_keys(platform_env, register):
+    registered = register(some_files(1))
+    stage(platform_env, registered, delete_inbox=False)
+    (key,) = registered.raw_keys
+    version = raw_objects(platform_env, registered.submission_id)[key].version_id
+    s3 = make_s3_client(platform_env)  # the store's root keys, in these tests
+
+    for attempt in (
+        lambda: s3.delete_object(Bucket=platform_env.bucket, Key=key, VersionId=version),
+        lambda: s3.delete_object(
+            Bucket=platform_env.bucket, Key=key, VersionId=version, BypassGovernanceRetention=True
+        ),
+    ):
+        with pytest.raises(ClientError) as refused:
+            attempt()
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    # An overwrite (without If-None-Match) adds a version; the staged one stays readable by id.
+    s3.put_object(Bucket=platform_env.bucket, Key=key, Body=b"tampered")
+    staged = s3.get_object(Bucket=platform_env.bucket, Key=key, VersionId=version)["Body"].read()
+    assert staged == registered.files[key]
+
+
+def test_a_raw_copy_made_by_a_killed_run_is_locked_and_recorded_by_the_next(platform_env, register):
+    registered = register(some_files(2))
+    unmarked = registered.raw_keys[0]
+    s3 = make_s3_client(platform_env)
+    # Copied, then the run died: no lock (a copy carries none), no record, not marked.
+    s3.copy_object(
+        Bucket=platform_env.bucket,
+        Key=unmarked,
+        CopySource={"Bucket": platform_env.bucket, "Key": registered.inbox_keys[unmarked]},
+    )
+
+    result = stage(platform_env, registered, delete_inbox=False)
+
+    assert (result["files_copied"], result["files_already_staged"]) == (1, 1)
+    row = raw_objects(platform_env, registered.submission_id)[unmarked]
+    retention = s3.get_object_retention(Bucket=platform_env.bucket, Key=unmarked, VersionId=row.version_id)
+    assert retention["Retention"]["Mode"] == "COMPLIANCE"
 
 
 def test_an_existing_raw_object_with_different_bytes_is_refused_and_left_unchanged(platform_env, register):
@@ -325,14 +440,32 @@ def test_a_file_above_the_multipart_threshold_is_copied_in_parts(platform_env, r
     assert result["bytes_copied"] == 20 * MiB
 
 
-def test_inbox_objects_are_removed_once_staged(platform_env, register):
+def test_inbox_objects_are_removed_once_staged_leaving_no_version_or_delete_marker(platform_env, register):
     registered = register(some_files(3))
+    s3 = make_s3_client(platform_env)
+    first = registered.inbox_keys[registered.raw_keys[0]]
+    s3.put_object(Bucket=platform_env.bucket, Key=first + ".tmp", Body=b"unrelated, same prefix")
+    registered_versions = {key: vs[0][1] for key, vs in versions_by_key(platform_env, GROUP).items()}
+    del registered_versions[first + ".tmp"]
 
     result = stage(platform_env, registered, delete_inbox=True)
 
-    assert keys_under(platform_env, GROUP) == []
     assert result["inbox_objects_removed"] == 4
-    assert all(removed_at_by_key(platform_env, registered.submission_id).values())
+    remaining = versions_by_key(platform_env, GROUP)
+    assert list(remaining) == [first + ".tmp"]
+    assert [marker for marker, _ in remaining[first + ".tmp"]] == [False]
+    assert removed_versions(platform_env, registered.submission_id) == registered_versions
+
+
+def test_an_older_version_at_a_registered_inbox_key_is_removed_with_it(platform_env, register):
+    s3 = make_s3_client(platform_env)
+    s3.put_object(Bucket=platform_env.bucket, Key=GROUP + "part-000.csv", Body=b"an earlier upload")
+    s3.delete_object(Bucket=platform_env.bucket, Key=GROUP + "part-000.csv")  # a delete marker, then
+    registered = register(some_files(2))  # the upload that is registered
+
+    stage(platform_env, registered, delete_inbox=True)
+
+    assert versions_by_key(platform_env, GROUP) == {}
 
 
 def test_inbox_objects_stay_when_stager_delete_inbox_is_false(platform_env, register, monkeypatch):
@@ -346,7 +479,7 @@ def test_inbox_objects_stay_when_stager_delete_inbox_is_false(platform_env, regi
     assert not any(removed_at_by_key(platform_env, registered.submission_id).values())
 
 
-def test_an_inbox_object_reuploaded_with_different_bytes_after_staging_is_not_removed(platform_env, register):
+def test_an_inbox_object_reuploaded_with_different_bytes_after_staging_stays_alone(platform_env, register):
     registered = register(some_files(3))
     stage(platform_env, registered, delete_inbox=False)
     reuploaded = registered.inbox_keys[registered.raw_keys[0]]
@@ -354,12 +487,12 @@ def test_an_inbox_object_reuploaded_with_different_bytes_after_staging_is_not_re
 
     result = stage(platform_env, registered, delete_inbox=True)
 
+    # The registered version is gone; the later upload stays, a later drop's file.
     assert keys_under(platform_env, GROUP) == [reuploaded]
     assert read(platform_env, reuploaded) == b"a corrected file"
-    assert (result["inbox_objects_removed"], result["inbox_objects_kept_changed"]) == (3, 1)
-    removed = removed_at_by_key(platform_env, registered.submission_id)
-    assert removed.pop(reuploaded) is None
-    assert all(removed.values())
+    assert [marker for marker, _ in versions_by_key(platform_env, GROUP)[reuploaded]] == [False]
+    assert (result["inbox_objects_removed"], result["inbox_objects_kept_changed"]) == (4, 1)
+    assert all(removed_at_by_key(platform_env, registered.submission_id).values())
 
 
 def test_an_inbox_object_reuploaded_before_staging_is_refused_not_copied(platform_env, register):

@@ -1,6 +1,17 @@
-"""Raw zone audit: re-reads the staged objects of the newest staged submissions and compares each
-with its manifest's SHA-256. Read-only. Runs in the stager's image; Dagster runs it as the
-`raw_copies_match_manifests` asset check of `raw_zone`.
+"""Raw zone audit: holds the newest staged submissions to the versions recorded when they were
+written (`raw_object`), never to whatever sits at a key now. Read-only. Runs in the stager's
+image; Dagster runs it as the `raw_copies_match_manifests` asset check of `raw_zone`.
+
+Per recorded version (each data file and the manifest) it reports, by submission and file id:
+- `overwritten`: a later version sits at the key (the recorded one may still be readable by id);
+- `hidden`: a delete marker hides the key;
+- `missing`: the recorded version is gone from the store;
+- `bytes_differ`: the recorded version's bytes are not the registered SHA-256;
+- `unprotected`: the version's lock is weaker than recorded, or gone;
+- `unrecorded`: a staged file or a manifest has no recorded version;
+- `manifest_differs`: the recorded manifest does not describe the registered files.
+A raw file and its manifest rewritten to agree with each other are both flagged: each is a
+later version than the one recorded.
 
 With `--stuck` it reports the drops stuck past STUCK_AFTER_MINUTES instead (workers.recovery):
 the `no_stuck_drops` check of `inbox`, when an operator runs it from the UI (the sweeper
@@ -9,64 +20,154 @@ records the same verdict on every change).
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict
-from datetime import timedelta
+from dataclasses import asdict, dataclass
+from datetime import UTC, timedelta
 from typing import Any
 
+from botocore.exceptions import ClientError
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from workers.db import Submission, metadata_engine, utcnow
+from workers.db import RawObject, Submission, SubmissionFile, metadata_engine, utcnow
 from workers.inbox import file_id
 from workers.manifest import Manifest
+from workers.raw_zone import Lock, current_version, lock_of
 from workers.recovery import stuck_drops
 from workers.runtime import Metadata, run_worker
 from workers.settings import Settings, load_recovery_settings
-from workers.store import NOT_FOUND, S3Client, error_code, make_s3_client, sha256_of
+from workers.store import NOT_FOUND, READ_CHUNK, S3Client, bare, error_code, make_s3_client
 
 DEFAULT_LIMIT = 50
+MANIFEST = "manifest"  # the file id findings about a manifest carry
+GONE = (*NOT_FOUND, "NoSuchVersion")
 
 
-def newest_staged(engine: Engine, limit: int) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class Finding:
+    submission_id: str
+    file_id: str  # a data file's id, or "manifest"
+    finding: str
+    detail: str
+
+
+def newest_staged(engine: Engine, limit: int) -> list[str]:
     with Session(engine) as session:
-        rows = session.execute(
-            select(Submission.submission_id, Submission.manifest_key)
-            .where(Submission.status == "staged")
-            .order_by(Submission.id.desc())
-            .limit(limit)
+        return list(
+            session.scalars(
+                select(Submission.submission_id)
+                .where(Submission.status == "staged")
+                .order_by(Submission.id.desc())
+                .limit(limit)
+            )
         )
-        return [tuple(row) for row in rows]
 
 
 def audit(*, engine: Engine, s3: S3Client, bucket: str, limit: int) -> Metadata:
-    mismatches: list[dict[str, str]] = []
+    findings: list[Finding] = []
     files = 0
     submissions = newest_staged(engine, limit)
-    for submission_id, manifest_key in submissions:
-        manifest = Manifest.from_bytes(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
-        for entry in manifest.files:
+    for submission_id in submissions:
+        with Session(engine) as session:
+            submission = session.scalar(select(Submission).where(Submission.submission_id == submission_id))
+            rows = session.scalars(select(SubmissionFile).where(SubmissionFile.submission_id == submission_id)).all()
+            recorded = {
+                r.key: r for r in session.scalars(select(RawObject).where(RawObject.submission_id == submission_id))
+            }
+            session.expunge_all()
+        assert submission is not None  # listed just above; submissions are never deleted
+        manifest = recorded.get(submission.manifest_key)
+        if manifest is None:
+            findings.append(Finding(submission_id, MANIFEST, "unrecorded", "the manifest has no recorded version"))
+        else:
+            body, problems = check_version(s3, bucket, manifest, keep_body=True)
+            findings += [Finding(submission_id, MANIFEST, *problem) for problem in problems]
+            if body is not None:
+                findings += manifest_findings(submission_id, body, rows)
+        for row in rows:
             files += 1
-            found = _sha256_or_missing(s3, bucket, entry.raw_key)
-            if found != entry.sha256:
-                mismatches.append({"submission_id": submission_id, "file_id": file_id(entry.inbox_key), "found": found})
+            which = file_id(row.inbox_key)
+            version = recorded.get(row.raw_key)
+            if version is None:
+                findings.append(Finding(submission_id, which, "unrecorded", "the staged copy has no recorded version"))
+                continue
+            if version.sha256 != row.sha256:
+                findings.append(
+                    Finding(submission_id, which, "bytes_differ", "recorded version is not the registered SHA-256")
+                )
+            findings += [Finding(submission_id, which, *problem) for problem in check_version(s3, bucket, version)[1]]
     return {
-        "passed": not mismatches,
+        "passed": not findings,
         "submissions_checked": len(submissions),
         "files_checked": files,
-        "mismatches": len(mismatches),
-        "mismatch_table": mismatches[:50],
+        "findings": len(findings),
+        "finding_table": [asdict(f) for f in findings[:50]],
     }
 
 
-def _sha256_or_missing(s3: S3Client, bucket: str, key: str) -> str:
+def check_version(
+    s3: S3Client, bucket: str, recorded: RawObject, keep_body: bool = False
+) -> tuple[bytes | None, list[tuple[str, str]]]:
+    """(the recorded version's bytes when asked for and readable, the problems found)."""
+    problems: list[tuple[str, str]] = []
+    key, version_id = recorded.key, recorded.version_id
+    current = current_version(s3, bucket, key)
+    if current is None:
+        if delete_marker_on(s3, bucket, key):
+            problems.append(("hidden", "a delete marker hides the key"))
+    elif current != version_id:
+        problems.append(("overwritten", "a later version sits at the key"))
     try:
-        return sha256_of(s3, bucket, key)
-    except Exception as exc:  # noqa: BLE001 - a missing object is a finding, anything else a failure
-        if getattr(exc, "response", None) and error_code(exc) in NOT_FOUND:
-            return "missing"
-        raise
+        response = s3.get_object(Bucket=bucket, Key=key, VersionId=version_id)
+    except ClientError as exc:
+        if error_code(exc) not in GONE:
+            raise
+        problems.append(("missing", "the recorded version is gone from the store"))
+        return None, problems
+    digest, body = hashlib.sha256(), bytearray()
+    for chunk in response["Body"].iter_chunks(READ_CHUNK):
+        digest.update(chunk)
+        if keep_body:
+            body += chunk
+    if digest.hexdigest() != recorded.sha256:
+        problems.append(("bytes_differ", "the recorded version's bytes are not the recorded SHA-256"))
+    want = Lock(recorded.retention_mode, recorded.retain_until.astimezone(UTC), recorded.legal_hold)
+    have = lock_of(s3, bucket, key, version_id)
+    if have is None or not have.covers(want):
+        problems.append(("unprotected", f"locked {describe(have)}, recorded {describe(want)}"))
+    return (bytes(body) if keep_body else None), problems
+
+
+def describe(lock: Lock | None) -> str:
+    if lock is None:
+        return "not at all"
+    hold = " with legal hold" if lock.legal_hold else ""
+    return f"{lock.mode} until {lock.retain_until.isoformat(timespec='seconds')}{hold}"
+
+
+def delete_marker_on(s3: S3Client, bucket: str, key: str) -> bool:
+    """The store answers a hidden key's HEAD with 404 and x-amz-delete-marker: true."""
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        return headers.get("x-amz-delete-marker") == "true"
+    return False
+
+
+def manifest_findings(submission_id: str, body: bytes, rows) -> list[Finding]:
+    """The recorded manifest against the registered files, file by file."""
+    try:
+        manifest = Manifest.from_bytes(body)
+    except (ValueError, KeyError, TypeError) as exc:
+        return [Finding(submission_id, MANIFEST, "manifest_differs", f"unreadable: {type(exc).__name__}")]
+    in_manifest = {(f.inbox_key, f.raw_key, f.size_bytes, f.sha256, bare(f.etag)) for f in manifest.files}
+    in_db = {(f.inbox_key, f.raw_key, f.size_bytes, f.sha256, bare(f.etag)) for f in rows}
+    differing = sorted({file_id(entry[0]) for entry in in_manifest ^ in_db})
+    detail = "the recorded manifest does not describe this file as registered"
+    return [Finding(submission_id, which, "manifest_differs", detail) for which in differing]
 
 
 def stuck_report(engine: Engine, stuck_after: timedelta) -> Metadata:

@@ -26,6 +26,9 @@ CONNECTION = (
 )
 # The reliability suite's crash and pause points (workers.faults): forwarded when set, which only the tests do.
 TEST_HOOKS = (faults.ENV, faults.PAUSE_ENV, faults.PAUSE_FLAG_ENV)
+# The Object Lock of raw copies and manifests (workers.settings.RetentionSettings): read by the
+# two workers that write into the raw zone.
+RETENTION = ("RAW_RETENTION_MODE", "RAW_RETENTION_DAYS", "RAW_LEGAL_HOLD")
 
 
 @dataclass(frozen=True)
@@ -68,14 +71,21 @@ WORKERS: dict[str, Worker] = {
             image="registrar",
             s3_role="registrar",
             db_role="registrar",
-            intake_settings=("INBOX_PREFIX", "GROUP_BY_DEPTH", "MARKER_FILE", "RAW_PREFIX", "CLASSIFIER_IMPL"),
+            intake_settings=(
+                "INBOX_PREFIX",
+                "GROUP_BY_DEPTH",
+                "MARKER_FILE",
+                "RAW_PREFIX",
+                "CLASSIFIER_IMPL",
+                *RETENTION,
+            ),
         ),
         Worker(
             "stager",
             image="stager",
             s3_role="stager",
             db_role="stager",
-            intake_settings=("RAW_PREFIX", "STAGER_DELETE_INBOX"),
+            intake_settings=("RAW_PREFIX", "STAGER_DELETE_INBOX", *RETENTION),
         ),
         Worker("layouts", image="classifier", s3_role="layouts", db_role="layouts"),
         Worker("audit", image="stager", s3_role="auditor", db_role="auditor", intake_settings=("STUCK_AFTER_MINUTES",)),

@@ -257,6 +257,31 @@ class InboxObject(Base):
     role: Mapped[str] = mapped_column(String(20))  # data | marker
     observed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The exact version the stager deleted (a versioned bucket keeps every version otherwise).
+    removed_version_id: Mapped[str | None] = mapped_column(String(200))
+
+
+class RawObject(Base):
+    """One version in the raw zone, as written and locked: a manifest or a staged data file.
+
+    Written in the same transaction that marks the manifest written or the file staged, so a
+    "staged" file always has the version the audit holds it to. The store keeps that version
+    (Object Lock) until `retain_until`; the audit compares what the store holds now with it.
+    """
+
+    __tablename__ = "raw_object"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    submission_id: Mapped[str] = mapped_column(ForeignKey("submission.submission_id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # manifest | data
+    key: Mapped[str] = mapped_column(String(1200), unique=True)
+    version_id: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    retention_mode: Mapped[str] = mapped_column(String(20))  # GOVERNANCE | COMPLIANCE
+    retain_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class InboxRejection(Base):

@@ -54,15 +54,25 @@ DB_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "submission_file": ("SELECT", "INSERT"),
         "inbox_object": ("SELECT", "INSERT"),
         "inbox_rejection": ("SELECT", "INSERT", "UPDATE"),
+        # The manifest's locked version; a recorded version is never rewritten.
+        "raw_object": ("SELECT", "INSERT"),
     },
-    # Marks files, submissions and removed inbox objects; it adds and deletes no row.
+    # Marks files, submissions and removed inbox objects, and records each raw copy's locked
+    # version; it deletes no row, and rewrites no recorded version.
     "stager": {
         "submission": ("SELECT", "UPDATE"),
         "submission_file": ("SELECT", "UPDATE"),
         "inbox_object": ("SELECT", "UPDATE"),
+        "raw_object": ("SELECT", "INSERT"),
     },
-    # The raw zone audit, and the no_stuck_drops check when it is run from the UI.
-    "auditor": {"submission": ("SELECT",), "drop_recovery": ("SELECT",)},
+    # The raw zone audit (recorded versions against the store), and the no_stuck_drops check
+    # when it is run from the UI.
+    "auditor": {
+        "submission": ("SELECT",),
+        "submission_file": ("SELECT",),
+        "raw_object": ("SELECT",),
+        "drop_recovery": ("SELECT",),
+    },
 }
 # The Dagster daemon's own role (the inbox sensor): its METADATA_DB_URL.
 SENSOR_DB_ROLE = "sensor"

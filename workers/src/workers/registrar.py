@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from workers import classifier, discovery
+from workers import classifier, discovery, raw_zone
 from workers.classifier import ClassifiedFile
 from workers.db import InboxObject as InboxObjectRow
 from workers.db import Submission, SubmissionFile, metadata_engine, utcnow
@@ -40,7 +40,7 @@ from workers.inbox import (
 from workers.manifest import Manifest, ManifestFile, manifest_key_for, raw_prefix_for
 from workers.outcomes import record_rejections
 from workers.runtime import Metadata, WorkerError, run_worker
-from workers.settings import IntakeSettings, Settings, load_intake_settings
+from workers.settings import IntakeSettings, RetentionSettings, Settings, load_intake_settings, load_retention_settings
 from workers.store import PRECONDITION_FAILED, S3Client, error_code, make_s3_client, sha256_of
 
 MAX_KEY_BYTES = 1024  # S3's limit on a key, in UTF-8 bytes
@@ -327,28 +327,47 @@ def load_manifest(engine: Engine, submission_id: str) -> tuple[Submission, Manif
     return submission, manifest
 
 
-def ensure_manifest(engine: Engine, s3: S3Client, bucket: str, submission_id: str) -> Manifest:
-    """Write the manifest create-only; an existing one must be byte-identical."""
+def ensure_manifest(
+    engine: Engine, s3: S3Client, bucket: str, submission_id: str, retention: RetentionSettings | None = None
+) -> Manifest:
+    """Write the manifest create-only and locked (Object Lock), and record its version; an
+    existing one must be byte-identical, and gets the lock if it lacks it."""
     submission, manifest = load_manifest(engine, submission_id)
     if submission.manifest_written_at is not None:
         return manifest
+    retention = retention or load_retention_settings()
     body = manifest.to_bytes()
+    key = submission.manifest_key
     try:
+        # Locked from its first instant; `protect` below dates the lock from the version itself.
+        locked = raw_zone.put_arguments(raw_zone.wanted(retention, utcnow()))
         s3.put_object(
-            Bucket=bucket, Key=submission.manifest_key, Body=body, IfNoneMatch="*", ContentType="application/json"
+            Bucket=bucket,
+            Key=key,
+            Body=body,
+            IfNoneMatch="*",
+            ContentType="application/json",
+            **locked,  # type: ignore[arg-type]
         )
     except ClientError as exc:
         if error_code(exc) not in PRECONDITION_FAILED:
             raise
-        existing = s3.get_object(Bucket=bucket, Key=submission.manifest_key)["Body"].read()
-        if existing != body:
-            raise WorkerError(
-                f"a different manifest already exists at {submission.manifest_key}; refusing to overwrite"
-            ) from None
+    # Ours, or written by an earlier, interrupted run: the same bytes, or a refusal.
+    existing = s3.get_object(Bucket=bucket, Key=key)
+    if existing["Body"].read() != body:
+        raise WorkerError(f"a different manifest already exists at {key}; refusing to overwrite")
     checkpoint("registrar.manifest_put")
+    version_id = existing["VersionId"]
+    lock = raw_zone.protect(s3, bucket, key, version_id, raw_zone.wanted(retention, existing["LastModified"]))
+    checkpoint("registrar.retention_set")
+    version = raw_zone.RawVersion(
+        submission_id, "manifest", key, version_id, hashlib.sha256(body).hexdigest(), len(body), lock
+    )
     with Session(engine) as session, session.begin():
+        raw_zone.record(session, version, file_id="manifest")
         row = submission_row(session, submission_id)
         row.manifest_written_at = row.manifest_written_at or utcnow()
+    checkpoint("registrar.manifest_recorded")
     return manifest
 
 

@@ -236,6 +236,44 @@ def load_recovery_settings(env: Mapping[str, str] | None = None) -> RecoverySett
     )
 
 
+RetentionMode = Literal["GOVERNANCE", "COMPLIANCE"]
+RETENTION_MODES: tuple[RetentionMode, ...] = get_args(RetentionMode)
+RETENTION_DEFAULTS = {
+    "RAW_RETENTION_MODE": "COMPLIANCE",
+    "RAW_RETENTION_DAYS": "3653",
+    "RAW_LEGAL_HOLD": "false",
+}
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """The Object Lock every raw copy and manifest is written under (README "The raw zone").
+
+    COMPLIANCE: no key, the store's root keys included, can delete or shorten it before `days`
+    have passed since the version was written. GOVERNANCE: the same, except for a key granted
+    s3:BypassGovernanceRetention (no platform role is). Ten years (3653 days) is the longest
+    records floor a health plan commonly meets (Medicare Advantage, Medicaid managed care); a
+    retention can be lengthened later, never shortened. A legal hold, when set, holds each
+    version until it is lifted, whatever the date.
+    """
+
+    mode: RetentionMode
+    days: int
+    legal_hold: bool
+
+
+def load_retention_settings(env: Mapping[str, str] | None = None) -> RetentionSettings:
+    get = _reader(env, RETENTION_DEFAULTS)
+    mode = get("RAW_RETENTION_MODE").upper()
+    if mode not in RETENTION_MODES:
+        raise SettingsError(f"RAW_RETENTION_MODE must be one of {', '.join(RETENTION_MODES)}")
+    return RetentionSettings(
+        mode=mode,  # type: ignore[arg-type]  # checked against RETENTION_MODES just above
+        days=int(_number(get("RAW_RETENTION_DAYS"), "RAW_RETENTION_DAYS", minimum=1, integer=True)),
+        legal_hold=_flag(get("RAW_LEGAL_HOLD"), "RAW_LEGAL_HOLD"),
+    )
+
+
 def _prefix(value: str, name: str) -> str:
     if not value or value.startswith("/") or not value.endswith("/") or "//" in value:
         raise SettingsError(f"{name} must be a key prefix ending in '/', such as inbox/")

@@ -3,10 +3,13 @@
 Server-side copies (multipart above 5 GiB), each checked against the manifest's SHA-256 by a
 streamed read. Raw writes are create-only at the server: every copy carries `If-None-Match: *`
 (on CopyObject, or on CompleteMultipartUpload), so a raw object is never overwritten, even by
-two stagers racing; a refusal is checked against the manifest and reported. Once every file is
-verified the submission is "staged"; then, unless STAGER_DELETE_INBOX is false, the inbox objects
-its registration observed are removed, each only while its ETag is still the recorded one. Safe
-to re-run after a crash.
+two stagers racing; a refusal is checked against the manifest and reported. Each copy's exact
+version is then read back, locked (Object Lock, RAW_RETENTION_*: the copy itself carries no lock on
+every store) and recorded in `raw_object` in the same transaction that marks the file staged.
+Once every file is staged the submission is "staged"; then, unless STAGER_DELETE_INBOX is false,
+the inbox versions its registration observed are deleted by VersionId, with the older versions
+and delete markers at the same key, so a versioned inbox keeps no leftovers. Safe to re-run
+after a crash.
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from workers.db import InboxObject, Submission, SubmissionFile, metadata_engine, utcnow
+from workers import raw_zone
+from workers.db import InboxObject, RawObject, Submission, SubmissionFile, metadata_engine, utcnow
 from workers.faults import checkpoint
 from workers.inbox import file_id
 from workers.manifest import Manifest
+from workers.raw_zone import RawVersion, current_version, protect, version_sha256, wanted
 from workers.runtime import Metadata, WorkerError, describe_failure, run_worker
-from workers.settings import Settings, load_intake_settings
-from workers.store import NOT_FOUND, PRECONDITION_FAILED, S3Client, bare, error_code, make_s3_client, quoted, sha256_of
+from workers.settings import RetentionSettings, Settings, load_intake_settings, load_retention_settings
+from workers.store import NOT_FOUND, PRECONDITION_FAILED, S3Client, bare, error_code, make_s3_client, quoted
 
 MiB = 1024 * 1024
 # S3's single CopyObject limit; above it the copy must be multipart (UploadPartCopy).
@@ -62,6 +68,18 @@ class StagedFile:
     size_bytes: int
     sha256: str
     copied: bool  # False: the raw object was already there with the manifest's bytes
+    version: RawVersion | None = None  # None: staged (and recorded) by an earlier run
+
+
+@dataclass(frozen=True)
+class Copier:
+    """Where and how one submission's files are copied and locked."""
+
+    s3: S3Client
+    bucket: str
+    submission_id: str
+    plan: CopyPlan
+    retention: RetentionSettings
 
 
 def stage_submission(
@@ -74,8 +92,10 @@ def stage_submission(
     delete_inbox: bool,
     multipart_threshold: int = MULTIPART_THRESHOLD,
     file_workers: int = FILE_WORKERS,
+    retention: RetentionSettings | None = None,
 ) -> Metadata:
-    """Stage one registered submission; an already-staged one only gets its inbox cleanup."""
+    """Stage one registered submission; an already-staged one only gets its inbox cleanup.
+    `retention` defaults to the RAW_RETENTION_* settings."""
     submission, files = load_submission(engine, submission_id, raw_root)
     if submission.status not in ("registered", "staged", "duplicate"):
         raise WorkerError(f"submission {submission_id} is {submission.status!r}; only a registered one is staged")
@@ -85,8 +105,11 @@ def stage_submission(
     elif submission.status == "staged":
         staged = [StagedFile(f.inbox_key, f.raw_key, f.size_bytes, f.sha256, copied=False) for f in files]
     else:
-        check_manifest(read_manifest(s3, bucket, submission.manifest_key), submission, files)
-        staged = copy_files(engine, s3, bucket, files, CopyPlan(multipart_threshold), file_workers)
+        check_manifest(read_manifest(engine, s3, bucket, submission), submission, files)
+        copier = Copier(
+            s3, bucket, submission_id, CopyPlan(multipart_threshold), retention or load_retention_settings()
+        )
+        staged = copy_files(engine, copier, files, file_workers)
         checkpoint("stager.files_marked")
         mark_submission_staged(engine, submission_id)
         checkpoint("stager.submission_staged")
@@ -116,12 +139,18 @@ def load_submission(engine: Engine, submission_id: str, raw_root: str) -> tuple[
     return submission, list(files)
 
 
-def read_manifest(s3: S3Client, bucket: str, key: str) -> Manifest:
+def read_manifest(engine: Engine, s3: S3Client, bucket: str, submission: Submission) -> Manifest:
+    """The manifest's recorded version: a later version at its key is not the manifest."""
+    key = submission.manifest_key
+    with Session(engine) as session:
+        version_id = session.scalar(select(RawObject.version_id).where(RawObject.key == key))
+    if version_id is None:
+        raise WorkerError(f"manifest {key} has no recorded version (registration unfinished); nothing staged")
     try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        body = s3.get_object(Bucket=bucket, Key=key, VersionId=version_id)["Body"].read()
     except ClientError as exc:
-        if error_code(exc) in NOT_FOUND:
-            raise WorkerError(f"manifest {key} is recorded as written but is not in the object store") from None
+        if error_code(exc) in (*NOT_FOUND, "NoSuchVersion"):
+            raise WorkerError(f"manifest {key}'s recorded version is not in the object store") from None
         raise
     try:
         return Manifest.from_bytes(body)
@@ -148,14 +177,12 @@ def check_manifest(manifest: Manifest, submission: Submission, files: list[Submi
         )
 
 
-def copy_files(
-    engine: Engine, s3, bucket: str, files: list[SubmissionFile], plan: CopyPlan, workers: int
-) -> list[StagedFile]:
+def copy_files(engine: Engine, copier: Copier, files: list[SubmissionFile], workers: int) -> list[StagedFile]:
     """Stage the files not yet marked, in parallel; record each as verified, then fail on any refusal."""
     done = [StagedFile(f.inbox_key, f.raw_key, f.size_bytes, f.sha256, copied=False) for f in files if f.staged_at]
     failures: list[str] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stager") as pool:
-        futures = [pool.submit(stage_file, s3, bucket, f, plan) for f in files if not f.staged_at]
+        futures = [pool.submit(stage_file, copier, f) for f in files if not f.staged_at]
         for future in as_completed(futures):
             try:
                 staged = future.result()
@@ -163,7 +190,7 @@ def copy_files(
                 failures.append(describe_failure(exc, None))
                 continue
             checkpoint("stager.verified")
-            mark_file_staged(engine, staged.raw_key)
+            mark_file_staged(engine, staged)
             checkpoint("stager.marked")
             done.append(staged)
     if failures:
@@ -171,51 +198,59 @@ def copy_files(
     return sorted(done, key=lambda s: s.raw_key)
 
 
-def stage_file(s3: S3Client, bucket: str, file: SubmissionFile, plan: CopyPlan) -> StagedFile:
+def stage_file(copier: Copier, file: SubmissionFile) -> StagedFile:
+    s3, bucket = copier.s3, copier.bucket
     try:
-        create_only_copy(s3, bucket, file.inbox_key, file.etag, file.raw_key, file.size_bytes, plan)
+        version_id = create_only_copy(s3, bucket, file.inbox_key, file.etag, file.raw_key, file.size_bytes, copier.plan)
     except ClientError as exc:
         code = error_code(exc)
         if code not in (*PRECONDITION_FAILED, *NOT_FOUND):
             raise
         # Refused: the raw key is taken (If-None-Match) or the inbox object changed or went away
         # (CopySourceIfMatch). A raw object already there is this file only if its bytes say so.
-        if object_exists(s3, bucket, file.raw_key):
-            return already_staged(s3, bucket, file)
+        existing = current_version(s3, bucket, file.raw_key)
+        if existing is not None:
+            return verify_and_lock(copier, file, existing, copied=False)
         if code in NOT_FOUND:
             raise WorkerError(f"inbox object {file_id(file.inbox_key)} is gone; not staged") from None
         raise WorkerError(
             f"inbox object {file_id(file.inbox_key)} changed since registration (ETag differs); not staged"
         ) from None
     checkpoint("stager.copied")
-    if sha256_of(s3, bucket, file.raw_key) != file.sha256:
-        raise WorkerError(
-            f"raw copy of {file_id(file.inbox_key)} does not match the manifest's SHA-256; left in place for inspection"
-        )
-    return StagedFile(file.inbox_key, file.raw_key, file.size_bytes, file.sha256, copied=True)
+    return verify_and_lock(copier, file, version_id, copied=True)
 
 
-def already_staged(s3: S3Client, bucket: str, file: SubmissionFile) -> StagedFile:
-    """The raw key exists: the same bytes (an earlier or concurrent run) count as staged."""
-    if sha256_of(s3, bucket, file.raw_key) != file.sha256:
+def verify_and_lock(copier: Copier, file: SubmissionFile, version_id: str, *, copied: bool) -> StagedFile:
+    """Read the raw version back against the manifest's SHA-256, then lock it (dated from its own
+    Last-Modified). A version with other bytes is left in place, unlocked, for inspection."""
+    s3, bucket = copier.s3, copier.bucket
+    digest, written_at = version_sha256(s3, bucket, file.raw_key, version_id)
+    if digest != file.sha256:
+        which = file_id(file.inbox_key)
+        if copied:
+            raise WorkerError(
+                f"raw copy of {which} does not match the manifest's SHA-256; left in place for inspection"
+            )
         raise WorkerError(
-            f"raw copy of {file_id(file.inbox_key)} already exists with different bytes; "
-            "the server refused to overwrite it"
+            f"raw copy of {which} already exists with different bytes; the server refused to overwrite it"
         )
-    return StagedFile(file.inbox_key, file.raw_key, file.size_bytes, file.sha256, copied=False)
+    lock = protect(s3, bucket, file.raw_key, version_id, wanted(copier.retention, written_at), fresh=copied)
+    checkpoint("stager.retention_set")
+    version = RawVersion(copier.submission_id, "data", file.raw_key, version_id, digest, file.size_bytes, lock)
+    return StagedFile(file.inbox_key, file.raw_key, file.size_bytes, file.sha256, copied=copied, version=version)
 
 
 def create_only_copy(
     s3, bucket: str, source_key: str, source_etag: str, target_key: str, size: int, plan: CopyPlan
-) -> None:
+) -> str:
     """Server-side copy of one version of an object to a new key, refused by the server (412) if
-    the target key exists or the source is no longer that version."""
+    the target key exists or the source is no longer that version; the new version's id."""
     source = {"Bucket": bucket, "Key": source_key}
     if size <= plan.multipart_threshold:
-        s3.copy_object(
+        copied = s3.copy_object(
             Bucket=bucket, Key=target_key, CopySource=source, CopySourceIfMatch=quoted(source_etag), IfNoneMatch="*"
         )
-        return
+        return copied["VersionId"]
     part_size = plan.part_size(size)
     ranges = [
         (number, start, min(start + part_size, size) - 1)
@@ -239,7 +274,7 @@ def create_only_copy(
     try:
         with ThreadPoolExecutor(max_workers=PART_WORKERS, thread_name_prefix="stager-part") as pool:
             parts = list(pool.map(copy_part, ranges))
-        s3.complete_multipart_upload(
+        completed = s3.complete_multipart_upload(
             Bucket=bucket, Key=target_key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
         )
     except BaseException:
@@ -249,28 +284,26 @@ def create_only_copy(
         except ClientError:
             pass
         raise
+    return completed["VersionId"]
 
 
-def object_exists(s3: S3Client, bucket: str, key: str) -> bool:
-    return head_etag(s3, bucket, key) is not None
-
-
-def head_etag(s3: S3Client, bucket: str, key: str) -> str | None:
-    try:
-        return bare(s3.head_object(Bucket=bucket, Key=key)["ETag"])
-    except ClientError as exc:
-        if error_code(exc) in NOT_FOUND:
-            return None
-        raise
-
-
-def mark_file_staged(engine: Engine, raw_key: str) -> None:
-    with Session(engine) as session, session.begin():
-        session.execute(
-            update(SubmissionFile)
-            .where(SubmissionFile.raw_key == raw_key, SubmissionFile.staged_at.is_(None))
-            .values(staged_at=utcnow())
-        )
+def mark_file_staged(engine: Engine, staged: StagedFile) -> None:
+    """Record the raw version and mark the file staged, in one transaction."""
+    for attempt in (1, 2):
+        try:
+            with Session(engine) as session, session.begin():
+                if staged.version is not None:
+                    raw_zone.record(session, staged.version, file_id=file_id(staged.inbox_key))
+                session.execute(
+                    update(SubmissionFile)
+                    .where(SubmissionFile.raw_key == staged.raw_key, SubmissionFile.staged_at.is_(None))
+                    .values(staged_at=utcnow())
+                )
+            return
+        except IntegrityError:
+            # A concurrent stager recorded the same key first: the second try compares versions.
+            if attempt == 2:
+                raise
 
 
 def mark_submission_staged(engine: Engine, submission_id: str) -> None:
@@ -282,56 +315,81 @@ def mark_submission_staged(engine: Engine, submission_id: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class InboxRemoval:
+    """What became of one observed inbox object."""
+
+    removed_version_id: str | None  # the registered version deleted (or found gone: None)
+    newer_kept: bool  # a later upload with other bytes stays at the key, as a later drop's file
+
+
 def clean_inbox(engine: Engine, s3: S3Client, bucket: str, submission_id: str) -> tuple[int, int]:
-    """Remove the observed inbox objects still holding the recorded bytes; (removed, kept) counts."""
+    """Delete the registered versions of the observed inbox objects; (removed, kept) counts,
+    kept being keys where a later upload with other bytes stays."""
     with Session(engine) as session:
         pending = session.scalars(
             select(InboxObject).where(InboxObject.submission_id == submission_id, InboxObject.removed_at.is_(None))
         ).all()
     removed = kept = 0
 
-    def remove(obj: InboxObject) -> tuple[InboxObject, bool]:
-        return obj, remove_if_unchanged(s3, bucket, obj.key, bare(obj.etag))
+    def remove(obj: InboxObject) -> tuple[InboxObject, InboxRemoval]:
+        return obj, remove_registered_version(s3, bucket, obj.key, bare(obj.etag))
 
     # The marker goes first, alone: a group caught half-removed must not look complete to the
-    # sensor. The rest in parallel (a HEAD and a conditional DELETE each), marked as each is gone.
+    # sensor. The rest in parallel (a listing and a few version deletes each), marked as each is gone.
     markers = [obj for obj in pending if obj.role == "marker"]
     rest = [obj for obj in pending if obj.role != "marker"]
     with ThreadPoolExecutor(max_workers=CLEANUP_WORKERS, thread_name_prefix="stager-clean") as pool:
         for batch in (markers, rest):
-            for obj, gone in pool.map(remove, batch):
-                if gone:
-                    checkpoint("stager.inbox_deleted")
-                    mark_inbox_removed(engine, obj.id)
-                    removed += 1
-                else:
-                    kept += 1
+            for obj, removal in pool.map(remove, batch):
+                checkpoint("stager.inbox_deleted")
+                mark_inbox_removed(engine, obj.id, removal.removed_version_id)
+                removed += 1
+                kept += removal.newer_kept
     return removed, kept
 
 
-def remove_if_unchanged(s3: S3Client, bucket: str, key: str, etag: str) -> bool:
-    """True once the recorded version is gone; False when a different upload sits at the key."""
-    current = head_etag(s3, bucket, key)
-    if current is None:
-        return True  # removed by an earlier, interrupted run
-    if current != etag:
-        return False
+def remove_registered_version(s3: S3Client, bucket: str, key: str, etag: str) -> InboxRemoval:
+    """Delete the key's registered version (the newest with the registered ETag), every other
+    version of the same bytes, and every older version and delete marker, by VersionId: nothing
+    is left to pile up, and no delete marker is added. A newer upload with other bytes stays.
+
+    The registered version goes last, so a run stopped midway finds it again and finishes."""
+    versions = [
+        (v, bare(v.get("ETag", "")) if kind == "Versions" else None)
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key)
+        for kind in ("Versions", "DeleteMarkers")
+        for v in page.get(kind, ())
+        if v["Key"] == key
+    ]
+    versions.sort(key=lambda pair: pair[0]["LastModified"], reverse=True)  # newest first
+    registered = next((i for i, (_, v_etag) in enumerate(versions) if v_etag == etag), None)
+    if registered is None:
+        return InboxRemoval(None, newer_kept=any(v_etag is not None for _, v_etag in versions))
+    newer = versions[:registered]
+    doomed = [v for v, v_etag in newer if v_etag in (None, etag)] + [v for v, _ in versions[registered + 1 :]]
+    for v in doomed:
+        delete_version(s3, bucket, key, v["VersionId"])
+        checkpoint("stager.inbox_version_deleted")
+    registered_version = versions[registered][0]["VersionId"]
+    delete_version(s3, bucket, key, registered_version)
+    return InboxRemoval(registered_version, newer_kept=any(v_etag not in (None, etag) for _, v_etag in newer))
+
+
+def delete_version(s3: S3Client, bucket: str, key: str, version_id: str) -> None:
     try:
-        # IfMatch closes the gap between the HEAD and the delete on servers that honour it.
-        s3.delete_object(Bucket=bucket, Key=key, IfMatch=quoted(etag))
+        s3.delete_object(Bucket=bucket, Key=key, VersionId=version_id)
     except ClientError as exc:
-        if error_code(exc) in PRECONDITION_FAILED:
-            return False
-        raise
-    return True
+        if error_code(exc) not in (*NOT_FOUND, "NoSuchVersion"):
+            raise
 
 
-def mark_inbox_removed(engine: Engine, inbox_object_id: int) -> None:
+def mark_inbox_removed(engine: Engine, inbox_object_id: int, version_id: str | None) -> None:
     with Session(engine) as session, session.begin():
         session.execute(
             update(InboxObject)
             .where(InboxObject.id == inbox_object_id, InboxObject.removed_at.is_(None))
-            .values(removed_at=utcnow())
+            .values(removed_at=utcnow(), removed_version_id=version_id)
         )
 
 

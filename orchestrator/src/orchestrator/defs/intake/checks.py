@@ -12,13 +12,17 @@ raw_zone = dg.AssetSpec(
 
 
 @dg.asset_check(
-    asset="raw_zone", description="Re-reads the newest staged objects and compares them with the manifests."
+    asset="raw_zone",
+    description=(
+        "Holds the newest staged submissions' raw copies and manifests to the versions recorded when "
+        "they were written: flags overwritten, hidden, missing, changed, unlocked or unrecorded ones."
+    ),
 )
 def raw_copies_match_manifests(context: dg.AssetCheckExecutionContext, launcher: WorkerLauncher) -> dg.AssetCheckResult:
     report = launcher.run(context=context.op_execution_context, worker="audit", extras={"limit": 50})
-    metadata = as_metadata({k: v for k, v in report.items() if k not in ("passed", "mismatch_table")})
-    if report["mismatch_table"]:
-        metadata["mismatches_found"] = dg.MetadataValue.json(report["mismatch_table"])
+    metadata = as_metadata({k: v for k, v in report.items() if k not in ("passed", "finding_table")})
+    if report["finding_table"]:
+        metadata["findings_by_file"] = dg.MetadataValue.json(report["finding_table"])
     return dg.AssetCheckResult(passed=bool(report["passed"]), metadata=metadata)
 
 
