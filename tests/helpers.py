@@ -14,13 +14,17 @@ import os
 import secrets
 import subprocess
 import sys
+from datetime import UTC
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from workers import roles
 from workers.catalogue import WORKERS, Worker
+from workers.db import RawObject, Submission
 from workers.manifest import Manifest
+from workers.raw_zone import Lock, lock_of
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -81,7 +85,15 @@ def staged_state(env: dict[str, str], s3, grouping_key: str, expected: dict[str,
             ),
             {"g": grouping_key},
         ).scalar()
+    with Session(engine) as session:
+        recorded = session.scalars(
+            sa.select(RawObject)
+            .join(Submission, Submission.submission_id == RawObject.submission_id)
+            .where(Submission.grouping_key == grouping_key)
+        ).all()
     engine.dispose()
+    versions = [v for sub in subs for v in list_versions(s3, bucket, sub.raw_prefix)]
+    recorded_keys = {r.key for r in recorded}
     staged = {
         f.inbox_key.removeprefix(grouping_key)
         for f in files
@@ -101,7 +113,27 @@ def staged_state(env: dict[str, str], s3, grouping_key: str, expected: dict[str,
         "manifests_ok": manifests_ok,
         "inbox_left": len(list_all(s3, bucket, grouping_key)),
         "inbox_rows_unremoved": unremoved,
+        # The raw zone's write-once record: every staged file and manifest has its version
+        # recorded and locked at least as recorded, with no other version beside it; the inbox
+        # keeps no old version or delete marker.
+        "raw_unrecorded": sum(1 for f in files if f.staged_at and f.raw_key not in recorded_keys)
+        + sum(1 for sub in subs if sub.manifest_key not in recorded_keys),
+        "raw_unprotected": sum(not locked_as_recorded(s3, bucket, r) for r in recorded),
+        "raw_extra_versions": len(versions) - len({v["Key"] for v in versions}),
+        "inbox_versions_left": len(list_versions(s3, bucket, grouping_key)),
     }
+
+
+def list_versions(s3, bucket: str, prefix: str) -> list[dict]:
+    """Every version and delete marker under `prefix`."""
+    pages = s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)
+    return [v for page in pages for kind in ("Versions", "DeleteMarkers") for v in page.get(kind, ())]
+
+
+def locked_as_recorded(s3, bucket: str, row: RawObject) -> bool:
+    have = lock_of(s3, bucket, row.key, row.version_id)
+    want = Lock(row.retention_mode, row.retain_until.astimezone(UTC), row.legal_hold)
+    return have is not None and have.covers(want)
 
 
 def sha(body: bytes) -> str:

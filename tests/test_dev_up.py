@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.services import REPO, DevUpProcess, fresh_copy
 
@@ -109,6 +111,7 @@ def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
         time.sleep(3)
     raw = in_dev_shell(dev_up.copy, LIST_RAW).stdout
     assert "medical_claims.csv" in raw and "_manifest.generated.json" in raw
+    assert_no_key_removes_the_staged_versions(dev_up)
     walk_through_by_hand(dev_up)
 
     # A second dev_up while the first runs is refused with a clear message.
@@ -163,6 +166,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def assert_no_key_removes_the_staged_versions(dev_up: DevUpProcess) -> None:
+    """The issue's "done when": once staged, the strongest key the platform holds (the dev store's
+    root keys) cannot remove a raw version, with or without a governance bypass; the audit passes."""
+    s3 = dev_up.s3.client()
+    versions = s3.list_object_versions(Bucket="health-raw", Prefix="raw/acme/")["Versions"]
+    assert {v["Key"].rsplit("/", 1)[-1] for v in versions} >= {"medical_claims.csv", "_manifest.generated.json"}
+    for version in versions:
+        for bypass in (False, True):
+            with pytest.raises(ClientError) as refused:
+                s3.delete_object(
+                    Bucket="health-raw",
+                    Key=version["Key"],
+                    VersionId=version["VersionId"],
+                    BypassGovernanceRetention=bypass,
+                )
+            assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    audit = in_dev_shell(dev_up.copy, "python -m workers.audit")
+    assert audit.returncode == 0, audit.stderr[-2000:]
+    report = json.loads(audit.stdout)
+    assert (report["passed"], report["files_checked"] > 0) == (True, True), report
 
 
 def walk_through_by_hand(dev_up: DevUpProcess) -> None:

@@ -2,8 +2,9 @@
 
 Each trial crashes a real worker process at one exact (point, pass) — `workers/faults.py` — and
 then re-runs the interrupted worker and the rest of the flow. Afterwards every file must be
-staged exactly once with its checksum verified, the manifest whole and matching, no duplicate
-row and no inbox copy left behind. Postgres only: it is the production database, and the
+staged exactly once with its checksum verified, its version locked and recorded (and no other
+version beside it), the manifest whole, matching, locked and recorded, no duplicate row and no
+inbox copy, old version or delete marker left behind. Postgres only: it is the production database, and the
 SQLite paths are the same code.
 """
 
@@ -19,6 +20,7 @@ SEED = int(os.environ.get("RELIABILITY_SEED", "20261128"))
 FILES = 6
 STAGER_POINTS = (
     [f"stager.copied:{n}" for n in range(1, FILES + 1)]
+    + [f"stager.retention_set:{n}" for n in range(1, FILES + 1)]
     + [f"stager.verified:{n}" for n in range(1, FILES + 1)]
     + [f"stager.marked:{n}" for n in range(1, FILES + 1)]
     + ["stager.files_marked:1", "stager.submission_staged:1"]
@@ -29,6 +31,8 @@ REGISTRAR_POINTS = [
     "registrar.rows_flushed:1",
     "registrar.committed:1",
     "registrar.manifest_put:1",
+    "registrar.retention_set:1",
+    "registrar.manifest_recorded:1",
 ]
 
 
@@ -77,6 +81,11 @@ def test_every_crash_point_ends_with_each_file_staged_exactly_once(pg_platform, 
         assert (state["files_lost"], state["files_duplicated"]) == (0, 0), (point, state)
         assert state["manifests_ok"], point
         assert (state["inbox_left"], state["inbox_rows_unremoved"]) == (0, 0), (point, state)
+        assert (state["raw_unrecorded"], state["raw_unprotected"], state["raw_extra_versions"]) == (0, 0, 0), (
+            point,
+            state,
+        )
+        assert state["inbox_versions_left"] == 0, (point, state)
         ledger.update(crashes_survived=1)
 
 

@@ -6,6 +6,8 @@ import os
 import stat
 import subprocess
 import sys
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
@@ -27,6 +29,34 @@ GROUP = "inbox/acme/unknown/roles-001/"
 
 def client_as(server: S3Server, role: str):
     return S3Server(server.endpoint, *ROLE_KEYS[role]).client()
+
+
+def purge(root, *prefixes: str, bucket: str = BUCKET) -> None:
+    """Every version and delete marker under the prefixes, locks bypassed (the tests' own objects)."""
+    for prefix in prefixes:
+        for entry in roles.versions_under(root, bucket, prefix):
+            root.delete_object(
+                Bucket=bucket, Key=entry["Key"], VersionId=entry["VersionId"], BypassGovernanceRetention=True
+            )
+
+
+def check_folders_versions(root, bucket: str = BUCKET) -> list[str]:
+    """What stays under the check's folders, in every area: versions and delete markers alike."""
+    return [
+        entry["Key"]
+        for prefix in ("inbox/", "raw/", "bootstrap/")
+        for entry in roles.versions_under(root, bucket, f"{prefix}{roles.CHECK_FOLDER}")
+    ]
+
+
+def run_roles_check(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "workers.roles", "check"], env=env, capture_output=True, text=True, timeout=180
+    )
+
+
+def tomorrow() -> datetime:
+    return datetime.now(UTC) + timedelta(days=1)
 
 
 @pytest.fixture
@@ -80,54 +110,202 @@ def test_render_refuses_a_role_without_keys(tmp_path):
     assert result.stderr.strip() == "roles: MINIO_STAGER_ACCESS_KEY is not set: every role needs its own keys"
 
 
-def test_the_check_finds_every_role_allowed_exactly_its_grants_and_leaves_nothing_behind(role_server):
+def test_no_rendered_policy_lets_a_role_bypass_a_lock_relock_the_bucket_or_delete_a_raw_version(tmp_path):
+    identities, _ = roles.render(tmp_path, roles_env())
+    statements = [
+        (policy["name"], statement)
+        for policy in json.loads(identities.read_text())["policies"]
+        for statement in json.loads(policy["content"])["Statement"]
+    ]
+
+    actions = {action for _, statement in statements for action in statement["Action"]}
+    assert not actions & {"s3:BypassGovernanceRetention", "s3:PutBucketObjectLockConfiguration", "s3:*"}
+    for name, statement in statements:
+        if "s3:DeleteObjectVersion" in statement["Action"]:
+            assert (name, statement["Resource"]) == ("health-stager", [f"arn:aws:s3:::{BUCKET}/inbox/*"])
+        if "s3:DeleteObject" in statement["Action"]:
+            # Only the delete naming a version, for MinIO (roles.VERSIONED_DELETE); never a plain one.
+            assert name == "health-stager" and statement["Condition"] == roles.VERSIONED_DELETE, statement
+
+
+def test_the_check_finds_every_role_allowed_exactly_its_grants_and_leaves_no_version_behind(role_server):
     root = role_server.client()
     root.put_object(Bucket=BUCKET, Key="inbox/acme/x/y/kept.csv", Body=b"partner data\n")
     env = {**os.environ, **roles_env(role_server.endpoint)}
-    result = subprocess.run(
-        [sys.executable, "-m", "workers.roles", "check"], env=env, capture_output=True, text=True, timeout=120
-    )
+    result = run_roles_check(env)
 
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == len(roles.GRANTS) * len(roles.PROBES) * len(roles.AREAS)
     assert all(line.startswith("ok ") for line in lines)
     for line in (
-        "ok  heartbeat  Write       bootstrap allowed",
-        "ok  sensor     Read        inbox     refused",
-        "ok  classifier Read        inbox     refused",
-        "ok  stager     Write       inbox     refused",
-        "ok  stager     Delete      inbox     allowed",
-        "ok  stager     Overwrite   raw       allowed",
-        "ok  registrar  Delete      raw       refused",
-        "ok  sensor     ListUploads inbox     allowed",
-        "ok  classifier ListUploads inbox     refused",
-        "ok  layouts    List        inbox     refused",
+        "ok  heartbeat  Write          bootstrap allowed",
+        "ok  sensor     Read           inbox     refused",
+        "ok  classifier Read           inbox     refused",
+        "ok  stager     Write          inbox     refused",
+        "ok  stager     Overwrite      raw       allowed",
+        "ok  registrar  Delete         raw       refused",
+        "ok  sensor     ListUploads    inbox     allowed",
+        "ok  classifier ListUploads    inbox     refused",
+        "ok  layouts    List           inbox     refused",
+        # The inbox clean-up deletes exact versions; a plain delete (a delete marker) is refused.
+        "ok  stager     DeleteVersions inbox     allowed",
+        "ok  stager     Delete         inbox     refused",
+        "ok  stager     DeleteVersions raw       refused",
+        "ok  stager     ListVersions   inbox     allowed",
+        "ok  stager     ListVersions   raw       refused",
+        "ok  auditor    ListVersions   raw       allowed",
+        "ok  sensor     ListVersions   inbox     refused",
+        # SeaweedFS tells a GET naming a VersionId (s3:GetObjectVersion) from a plain one.
+        "ok  registrar  ReadVersions   inbox     refused",
+        "ok  registrar  ReadVersions   raw       allowed",
+        "ok  registrar  Retain         raw       allowed",
+        "ok  auditor    Retain         raw       refused",
+        "ok  auditor    ReadRetention  raw       allowed",
+        "ok  heartbeat  Retain         bootstrap refused",
+        "ok  stager     Bypass         inbox     refused",
+        "ok  registrar  Bypass         raw       refused",
     ):
         assert line in result.stdout
+    assert "authorizes it as" not in result.stdout  # SeaweedFS decides every verb by its own actions
     assert not [value for value in env.values() if len(value) >= 16 and value in result.stdout + result.stderr]
-    # Only the check's own objects were touched, and none is left.
-    listed = [o["Key"] for o in root.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
-    assert listed == ["inbox/acme/x/y/kept.csv"]
-    root.delete_object(Bucket=BUCKET, Key="inbox/acme/x/y/kept.csv")
+    # Only the check's own objects were touched, and not one of their versions or delete markers is left.
+    assert check_folders_versions(root) == []
+    assert [o["Key"] for o in root.list_objects_v2(Bucket=BUCKET).get("Contents", [])] == ["inbox/acme/x/y/kept.csv"]
+    purge(root, "inbox/acme/x/y/kept.csv")
 
 
-def test_the_check_reports_a_server_that_grants_more_than_the_roles_say(s3_server, bucket):
+def test_the_check_passes_twice_in_a_row_beside_another_runs_objects_and_leaves_them_alone(role_server):
+    root = role_server.client()
+    # As a check killed a moment ago (or running now) leaves them: a locked version and a delete marker.
+    other = f"raw/{roles.CHECK_FOLDER}{uuid.uuid4().hex[:12]}/1"
+    root.put_object(
+        Bucket=BUCKET, Key=other, Body=b"x", ObjectLockMode="GOVERNANCE", ObjectLockRetainUntilDate=tomorrow()
+    )
+    root.delete_object(Bucket=BUCKET, Key=other)
+    env = {**os.environ, **roles_env(role_server.endpoint)}
+
+    for _ in range(2):
+        result = run_roles_check(env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+
+    assert sorted(check_folders_versions(root)) == [other, other]
+    purge(root, other)
+
+
+def test_the_check_removes_a_killed_runs_leftovers_once_they_are_old(role_server, monkeypatch):
+    root = role_server.client()
+    leftover = f"inbox/{roles.CHECK_FOLDER}{uuid.uuid4().hex[:12]}/1"
+    root.put_object(
+        Bucket=BUCKET, Key=leftover, Body=b"x", ObjectLockMode="GOVERNANCE", ObjectLockRetainUntilDate=tomorrow()
+    )
+    # Instead of waiting an hour: anything of another run's is old enough.
+    monkeypatch.setattr(roles, "LEFTOVER_AGE", timedelta(0))
+
+    probes = list(roles.check(roles_env(role_server.endpoint), roles._client_for))
+
+    assert all(p.outcome == ("allowed" if p.allowed else "refused") for _, p in probes)
+    assert check_folders_versions(root) == []
+
+
+def test_the_check_says_clearly_when_it_cannot_remove_its_objects_and_fails(role_server, monkeypatch, capsys):
+    root = role_server.client()
+    held = []
+    make_fixture = roles.Scratch.fixture
+
+    def fixture_then_held(scratch, prefix, locked=False):
+        # A legal hold on the check's first object: nothing, not even the root keys, may delete it.
+        made = make_fixture(scratch, prefix, locked)
+        if not held:
+            root.put_object_legal_hold(
+                Bucket=BUCKET, Key=made.key, VersionId=made.version_id, LegalHold={"Status": "ON"}
+            )
+            held.append(made)
+        return made
+
+    monkeypatch.setattr(roles.Scratch, "fixture", fixture_then_held)
+    env = roles_env(role_server.endpoint)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    code = roles.main(["check"])
+
+    out, err = capsys.readouterr()
+    (version,) = held
+    assert code == 1
+    assert err.startswith("roles: 1 object version(s) of the check's stay in bucket health-raw, e.g. ")
+    assert f"{version.key} version {version.version_id} (AccessDenied)" in err
+    assert "Traceback" not in err and not [v for v in env.values() if len(v) >= 16 and v in out + err]
+    assert len(out.splitlines()) == len(roles.GRANTS) * len(roles.PROBES) * len(roles.AREAS)
+    assert check_folders_versions(root) == [version.key]
+    root.put_object_legal_hold(
+        Bucket=BUCKET, Key=version.key, VersionId=version.version_id, LegalHold={"Status": "OFF"}
+    )
+    purge(root, version.key)
+
+
+def test_the_check_refuses_a_bucket_without_object_lock(s3_server):
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket=name)
+    every = (s3_server.access_key, s3_server.secret_key)
+    env = {
+        **os.environ,
+        **roles_env(s3_server.endpoint, every, MINIO_BUCKET=name),
+        **{key: every[0] if "ACCESS" in key else every[1] for key in role_variables()},
+    }
+    try:
+        result = run_roles_check(env)
+    finally:
+        s3.delete_bucket(Bucket=name)
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"roles: bucket {name} has no Object Lock, so its raw zone is not write-once")
+
+
+@pytest.fixture
+def locked_bucket(s3_server: S3Server) -> str:
+    """A bucket of the test's own with Object Lock on, as the platform makes its bucket."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    yield name
+    purge(s3, "", bucket=name)
+    s3.delete_bucket(Bucket=name)
+
+
+def test_the_check_reports_a_server_that_grants_more_than_the_roles_say(s3_server, locked_bucket):
     # The suite's ordinary server has one all-powerful key: every refusal the roles expect is missing.
     every = (s3_server.access_key, s3_server.secret_key)
     env = {
         **os.environ,
-        **roles_env(s3_server.endpoint, every, MINIO_BUCKET=bucket),
+        **roles_env(s3_server.endpoint, every, MINIO_BUCKET=locked_bucket),
         **{name: every[0] if "ACCESS" in name else every[1] for name in role_variables()},
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "workers.roles", "check"], env=env, capture_output=True, text=True, timeout=120
-    )
+    result = run_roles_check(env)
 
     assert result.returncode == 1
-    assert "BAD sensor     Write       inbox     allowed (expected refused)" in result.stdout
-    assert "BAD stager     Delete      raw       allowed (expected refused)" in result.stdout
+    assert "BAD sensor     Write          inbox     allowed (expected refused)" in result.stdout
+    assert "BAD stager     Delete         raw       allowed (expected refused)" in result.stdout
+    assert "BAD stager     Delete         inbox     allowed (expected refused)" in result.stdout
+    assert "BAD registrar  Bypass         raw       allowed (expected refused)" in result.stdout
+    assert "BAD auditor    DeleteVersions raw       allowed (expected refused)" in result.stdout
     assert "not as granted" in result.stderr
+    assert check_folders_versions(s3_server.client(), locked_bucket) == []
+
+
+def test_the_check_expects_what_minio_authorizes_by_other_actions():
+    # MinIO (from its source, not run here) authorizes a GET naming a VersionId as s3:GetObject and
+    # falls back from s3:ListBucketVersions to s3:ListBucket: there those probes follow Read and List.
+    assert roles.expected("registrar", "ReadVersions", "inbox", "MinIO")
+    assert not roles.expected("registrar", "ReadVersions", "inbox", "SeaweedFS")
+    assert roles.expected("sensor", "ListVersions", "inbox", "MinIO")
+    assert not roles.expected("sensor", "ListVersions", "raw", "MinIO")
+    assert roles.probe("sensor", "ListVersions", "inbox", "allowed", "MinIO").note == (
+        "MinIO authorizes it as ListVersions or List"
+    )
+    assert roles.probe("sensor", "ListVersions", "inbox", "refused", "SeaweedFS").note == ""
 
 
 def refused(operation) -> bool:
@@ -202,9 +380,141 @@ def test_each_role_is_refused_outside_its_permissions(role_server):
     heartbeat.put_object(Bucket=BUCKET, Key="bootstrap/hello.txt", Body=b"hi again\n")
     stager.copy_object(Bucket=BUCKET, Key="raw/acme/x/c.csv", CopySource=inbox_file)
     assert auditor.get_object(Bucket=BUCKET, Key="raw/acme/x/c.csv")["Body"].read() == b"a\n"
-    stager.delete_object(**inbox_file)
-    for key in ("raw/acme/x/a.csv", "raw/acme/x/c.csv", "bootstrap/hello.txt"):
-        root.delete_object(Bucket=BUCKET, Key=key)
+    (staged,) = root.list_object_versions(Bucket=BUCKET, Prefix=inbox_file["Key"])["Versions"]
+    stager.delete_object(**inbox_file, VersionId=staged["VersionId"])
+    assert "Versions" not in root.list_object_versions(Bucket=BUCKET, Prefix=inbox_file["Key"])
+    purge(root, "raw/acme/x/", "bootstrap/")
+
+
+def test_each_role_is_refused_versions_and_locks_outside_its_grants(role_server):
+    root = role_server.client()
+    inbox_v = root.put_object(Bucket=BUCKET, Key="inbox/acme/v/a.csv", Body=b"a\n")["VersionId"]
+    raw_v = root.put_object(
+        Bucket=BUCKET,
+        Key="raw/acme/v/a.csv",
+        Body=b"a\n",
+        ObjectLockMode="GOVERNANCE",
+        ObjectLockRetainUntilDate=tomorrow(),
+    )["VersionId"]
+    loose_v = root.put_object(Bucket=BUCKET, Key="raw/acme/v/loose.csv", Body=b"b\n")["VersionId"]
+    role = {r: client_as(role_server, r) for r in roles.GRANTS}
+    inbox = {"Bucket": BUCKET, "Key": "inbox/acme/v/a.csv", "VersionId": inbox_v}
+    raw = {"Bucket": BUCKET, "Key": "raw/acme/v/a.csv", "VersionId": raw_v}
+    loose = {"Bucket": BUCKET, "Key": "raw/acme/v/loose.csv", "VersionId": loose_v}
+    governance = {"Mode": "GOVERNANCE", "RetainUntilDate": tomorrow()}
+    attempts = {
+        "stager plain-deletes in the inbox (a delete marker)": lambda: role["stager"].delete_object(
+            Bucket=BUCKET, Key=inbox["Key"]
+        ),
+        "registrar deletes an inbox version": lambda: role["registrar"].delete_object(**inbox),
+        "stager deletes a raw version": lambda: role["stager"].delete_object(**loose),
+        "registrar deletes a raw version": lambda: role["registrar"].delete_object(**loose),
+        "auditor deletes a raw version": lambda: role["auditor"].delete_object(**loose),
+        "sensor lists inbox versions": lambda: role["sensor"].list_object_versions(Bucket=BUCKET, Prefix="inbox/"),
+        "registrar lists inbox versions": lambda: role["registrar"].list_object_versions(
+            Bucket=BUCKET, Prefix="inbox/"
+        ),
+        "registrar lists raw versions": lambda: role["registrar"].list_object_versions(Bucket=BUCKET, Prefix="raw/"),
+        "stager lists raw versions": lambda: role["stager"].list_object_versions(Bucket=BUCKET, Prefix="raw/"),
+        "auditor lists inbox versions": lambda: role["auditor"].list_object_versions(Bucket=BUCKET, Prefix="inbox/"),
+        "auditor lists every version": lambda: role["auditor"].list_object_versions(Bucket=BUCKET),
+        "registrar reads an inbox version": lambda: role["registrar"].get_object(**inbox),
+        "auditor reads an inbox version": lambda: role["auditor"].get_object(**inbox),
+        "sensor heads a raw version": lambda: role["sensor"].head_object(**raw),
+        "heartbeat reads a raw version": lambda: role["heartbeat"].get_object(**raw),
+        "registrar copies an inbox version": lambda: role["registrar"].copy_object(
+            Bucket=BUCKET, Key="raw/acme/v/copy.csv", CopySource=inbox
+        ),
+        "auditor retains a raw version": lambda: role["auditor"].put_object_retention(**loose, Retention=governance),
+        "auditor holds a raw version": lambda: role["auditor"].put_object_legal_hold(
+            **loose, LegalHold={"Status": "ON"}
+        ),
+        "stager retains an inbox version": lambda: role["stager"].put_object_retention(**inbox, Retention=governance),
+        "registrar holds an inbox version": lambda: role["registrar"].put_object_legal_hold(
+            **inbox, LegalHold={"Status": "ON"}
+        ),
+        "heartbeat writes a locked object": lambda: role["heartbeat"].put_object(
+            Bucket=BUCKET,
+            Key="bootstrap/locked",
+            Body=b"",
+            ObjectLockMode="GOVERNANCE",
+            ObjectLockRetainUntilDate=tomorrow(),
+        ),
+        "sensor reads a raw retention": lambda: role["sensor"].get_object_retention(**raw),
+        "stager reads an inbox legal hold": lambda: role["stager"].get_object_legal_hold(**inbox),
+        "classifier reads a raw legal hold": lambda: role["classifier"].get_object_legal_hold(**raw),
+        **{
+            f"{r} changes the bucket's Object Lock": lambda c=c: c.put_object_lock_configuration(
+                Bucket=BUCKET, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled"}
+            )
+            for r, c in role.items()
+        },
+    }
+    allowed = [what for what, operation in attempts.items() if not refused(operation)]
+
+    assert allowed == []
+    # No delete marker, no new version, no lock: nothing a refused call touched has changed.
+    assert [v["VersionId"] for v in root.list_object_versions(Bucket=BUCKET, Prefix="inbox/acme/v/")["Versions"]] == [
+        inbox_v
+    ]
+    assert "DeleteMarkers" not in root.list_object_versions(Bucket=BUCKET, Prefix="inbox/acme/v/")
+    assert sorted(o["Key"] for o in root.list_objects_v2(Bucket=BUCKET, Prefix="raw/acme/v/")["Contents"]) == [
+        "raw/acme/v/a.csv",
+        "raw/acme/v/loose.csv",
+    ]
+    # ...and what the roles are for is allowed.
+    registrar, stager, auditor = role["registrar"], role["stager"], role["auditor"]
+    manifest = registrar.put_object(
+        Bucket=BUCKET,
+        Key="raw/acme/v/_manifest.json",
+        Body=b"{}",
+        ObjectLockMode="GOVERNANCE",
+        ObjectLockRetainUntilDate=tomorrow(),
+        ObjectLockLegalHoldStatus="ON",
+    )
+    assert auditor.get_object_legal_hold(Bucket=BUCKET, Key="raw/acme/v/_manifest.json")["LegalHold"]["Status"] == "ON"
+    assert registrar.head_object(**raw)["VersionId"] == raw_v
+    stager.put_object_retention(**loose, Retention=governance)
+    stager.put_object_legal_hold(**loose, LegalHold={"Status": "OFF"})
+    assert auditor.get_object_retention(**loose)["Retention"]["Mode"] == "GOVERNANCE"
+    assert auditor.list_object_versions(Bucket=BUCKET, Prefix="raw/acme/v/")["Versions"]
+    assert stager.list_object_versions(Bucket=BUCKET, Prefix=inbox["Key"])["Versions"][0]["VersionId"] == inbox_v
+    stager.copy_object(Bucket=BUCKET, Key="raw/acme/v/b.csv", CopySource=inbox)
+    stager.delete_object(**inbox)
+    assert "Versions" not in root.list_object_versions(Bucket=BUCKET, Prefix="inbox/acme/v/")
+    root.put_object_legal_hold(
+        Bucket=BUCKET, Key="raw/acme/v/_manifest.json", VersionId=manifest["VersionId"], LegalHold={"Status": "OFF"}
+    )
+    purge(root, "raw/acme/v/")
+
+
+def test_nobody_but_the_root_keys_can_lift_a_governance_lock(role_server):
+    root = role_server.client()
+    key = "raw/acme/gov/a.csv"
+    locked = {
+        "Bucket": BUCKET,
+        "Key": key,
+        "VersionId": root.put_object(
+            Bucket=BUCKET, Key=key, Body=b"a\n", ObjectLockMode="GOVERNANCE", ObjectLockRetainUntilDate=tomorrow()
+        )["VersionId"],
+    }
+    sooner = {"Mode": "GOVERNANCE", "RetainUntilDate": datetime.now(UTC) + timedelta(hours=1)}
+    lifted = []
+    for name in roles.GRANTS:
+        s3 = client_as(role_server, name)
+        if not refused(lambda s3=s3: s3.delete_object(**locked, BypassGovernanceRetention=True)):
+            lifted.append(f"{name} deleted it")
+        if not refused(
+            lambda s3=s3: s3.put_object_retention(**locked, Retention=sooner, BypassGovernanceRetention=True)
+        ):
+            lifted.append(f"{name} shortened it")
+
+    assert lifted == []
+    assert root.get_object_retention(**locked)["Retention"]["RetainUntilDate"] > sooner["RetainUntilDate"]
+    # Without the bypass even the root keys are refused; with it they may (the check's clean-up).
+    assert refused(lambda: root.delete_object(**locked))
+    root.delete_object(**locked, BypassGovernanceRetention=True)
+    assert "Versions" not in root.list_object_versions(Bucket=BUCKET, Prefix=key)
 
 
 def test_a_missing_key_answers_not_found_to_a_role_that_may_read_there_without_listing(role_server):

@@ -148,13 +148,9 @@ def describe(lock: Lock | None) -> str:
 
 
 def delete_marker_on(s3: S3Client, bucket: str, key: str) -> bool:
-    """The store answers a hidden key's HEAD with 404 and x-amz-delete-marker: true."""
-    try:
-        s3.head_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-        return headers.get("x-amz-delete-marker") == "true"
-    return False
+    """A delete marker is the key's latest version (not every store says so on a HEAD's 404)."""
+    listed = s3.list_object_versions(Bucket=bucket, Prefix=key)
+    return any(m["Key"] == key and m.get("IsLatest") for m in listed.get("DeleteMarkers", ()))
 
 
 def manifest_findings(submission_id: str, body: bytes, rows) -> list[Finding]:

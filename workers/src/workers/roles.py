@@ -10,12 +10,20 @@ applied by `mc` (`minio-roles.sh`). The root credentials (MINIO_ACCESS_KEY / MIN
     python -m workers.roles render DIR   # DIR/identities.json and DIR/minio-roles.sh
     python -m workers.roles check        # each role does its work and is refused outside it
 
-Verbs, as IAM actions: List = s3:ListBucket with an s3:prefix condition; ListUploads =
-s3:ListBucketMultipartUploads, likewise; Read = s3:GetObject (get and head); Write = s3:PutObject
-(put, copy into, multipart upload, which it covers) and s3:AbortMultipartUpload; Delete =
-s3:DeleteObject. No grant can say "create only": a Write may also overwrite, which is why every
-write into raw/ carries If-None-Match. `check` (run with the root keys) touches only objects of its
-own under `<area>_role-check/`, and removes them.
+Verbs, as IAM actions (AWS's meaning): List = s3:ListBucket with an s3:prefix condition;
+ListUploads = s3:ListBucketMultipartUploads and ListVersions = s3:ListBucketVersions, likewise;
+Read = s3:GetObject (get and head of the current version); ReadVersions = s3:GetObjectVersion (get
+and head naming a VersionId, and a copy from one); ReadRetention = s3:GetObjectRetention and
+s3:GetObjectLegalHold; Write = s3:PutObject (put, copy into, multipart upload, which it covers) and
+s3:AbortMultipartUpload; Retain = s3:PutObjectRetention and s3:PutObjectLegalHold (also needed by a
+put that carries Object Lock headers); Delete = s3:DeleteObject (a plain delete, which in a
+versioned bucket only adds a delete marker); DeleteVersions = s3:DeleteObjectVersion (a delete
+naming a VersionId, which removes that version or delete marker for good). No verb grants
+s3:BypassGovernanceRetention or s3:PutBucketObjectLockConfiguration: only the root keys may.
+No grant can say "create only": a Write may also overwrite, which is why every write into raw/
+carries If-None-Match, and why raw/ is locked. Servers differ from AWS in places (AUTHORIZED_AS).
+`check` (run with the root keys, on a bucket with Object Lock) touches only objects of its own under
+`<area>_role-check/<run>/`, and removes every version and delete marker it made there.
 """
 
 from __future__ import annotations
@@ -26,19 +34,31 @@ import os
 import shlex
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from workers.catalogue import WORKERS
 from workers.settings import Settings, SettingsError, load_intake_settings, load_settings
 from workers.store import S3Client, error_code, make_s3_client
 
 BOOTSTRAP_PREFIX = "bootstrap/"
-VERBS = ("List", "ListUploads", "Read", "Write", "Delete")
+VERBS = (
+    "List",
+    "ListUploads",
+    "ListVersions",
+    "Read",
+    "ReadVersions",
+    "ReadRetention",
+    "Write",
+    "Retain",
+    "Delete",
+    "DeleteVersions",
+)
 AREAS = ("inbox", "raw", "bootstrap")
 
 # role -> verb -> areas. An area is a key prefix, named here and resolved from the settings.
@@ -52,23 +72,53 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "classifier": {"List": ("inbox",)},
     # The layout registry sync touches no object; its keys open nothing.
     "layouts": {},
-    "registrar": {"List": ("inbox",), "Read": ("inbox", "raw"), "Write": ("raw",)},
-    # Delete in the inbox removes what was staged (ETag-guarded); it never writes there.
-    "stager": {"Read": ("inbox", "raw"), "Write": ("raw",), "Delete": ("inbox",)},
+    # Writes each manifest locked (Retain), and reads back a raw version and its lock to compare.
+    "registrar": {
+        "List": ("inbox",),
+        "Read": ("inbox", "raw"),
+        "ReadVersions": ("raw",),
+        "ReadRetention": ("raw",),
+        "Write": ("raw",),
+        "Retain": ("raw",),
+    },
+    # Copies into raw/ and locks each copy (a copy carries no lock). In the inbox it removes exactly
+    # the versions and delete markers it staged or found under the key, by VersionId: never a plain
+    # delete, which would only hide the object behind a delete marker. It never writes there.
+    "stager": {
+        "ListVersions": ("inbox",),
+        "Read": ("inbox", "raw"),
+        "ReadVersions": ("inbox", "raw"),
+        "ReadRetention": ("raw",),
+        "Write": ("raw",),
+        "Retain": ("raw",),
+        "DeleteVersions": ("inbox",),
+    },
     "heartbeat": {"Write": ("bootstrap",)},
-    "auditor": {"Read": ("raw",)},
+    # Reads the recorded versions and their locks, and lists versions to find overwrites.
+    "auditor": {"ListVersions": ("raw",), "Read": ("raw",), "ReadVersions": ("raw",), "ReadRetention": ("raw",)},
 }
 # The Dagster daemon itself (the inbox sensor) runs under this role.
 ORCHESTRATOR_ROLE = "sensor"
-# The IAM actions each verb stands for; List and ListUploads are bucket-level, with a prefix condition.
+# The IAM actions each verb stands for; the List verbs are bucket-level, with a prefix condition.
 ACTIONS = {
     "List": ("s3:ListBucket",),
     "ListUploads": ("s3:ListBucketMultipartUploads",),
+    "ListVersions": ("s3:ListBucketVersions",),
     "Read": ("s3:GetObject",),
+    "ReadVersions": ("s3:GetObjectVersion",),
+    "ReadRetention": ("s3:GetObjectRetention", "s3:GetObjectLegalHold"),
     "Write": ("s3:PutObject", "s3:AbortMultipartUpload"),
+    "Retain": ("s3:PutObjectRetention", "s3:PutObjectLegalHold"),
     "Delete": ("s3:DeleteObject",),
+    "DeleteVersions": ("s3:DeleteObjectVersion",),
 }
-BUCKET_VERBS = ("List", "ListUploads")
+BUCKET_VERBS = ("List", "ListUploads", "ListVersions")
+# MinIO authorizes a delete naming a VersionId as s3:DeleteObject (s3:DeleteObjectVersion only counts
+# in a Deny; cmd/auth-handler.go authorizeRequest, RELEASE.2025-09-07T16-13-09Z). So DeleteVersions
+# also allows s3:DeleteObject where the request names a version (MinIO sets s3:versionid to "" when
+# none is named). AWS and SeaweedFS authorize such a delete as s3:DeleteObjectVersion, and a plain
+# delete carries no s3:versionid there, so this statement allows them nothing (tried on SeaweedFS).
+VERSIONED_DELETE = {"Null": {"s3:versionid": "false"}, "StringNotEquals": {"s3:versionid": [""]}}
 
 
 def role_of(worker: str) -> str | None:
@@ -159,6 +209,15 @@ def iam_policy(role: str, bucket: str, areas: Areas) -> dict:
         else:
             statement["Resource"] = [f"arn:aws:s3:::{bucket}/{prefix}*" for prefix in prefixes]
         statements.append(statement)
+        if verb == "DeleteVersions":
+            statements.append(
+                {
+                    "Effect": "Allow",
+                    "Action": ["s3:DeleteObject"],
+                    "Resource": statement["Resource"],
+                    "Condition": VERSIONED_DELETE,
+                }
+            )
     return {"Version": "2012-10-17", "Statement": statements}
 
 
@@ -213,9 +272,43 @@ def render(directory: Path, env: Mapping[str, str]) -> list[Path]:
 # --- check: every role against the live server ------------------------------------------------
 
 
-PROBES = ("List", "ListUploads", "Read", "Write", "Overwrite", "Delete")
+# One probe per verb, plus Overwrite (a put over an existing key) and Bypass (deleting a locked
+# version with x-amz-bypass-governance-retention, which no verb grants: refused to every role).
+PROBES = (
+    "List",
+    "ListUploads",
+    "ListVersions",
+    "Read",
+    "ReadVersions",
+    "ReadRetention",
+    "Write",
+    "Overwrite",
+    "Retain",
+    "Delete",
+    "DeleteVersions",
+    "Bypass",
+)
 CHECK_FOLDER = "_role-check/"
 FIXTURE_BODY = b"workers.roles check fixture\n"
+# The check's locks are GOVERNANCE, which its root keys may lift, never COMPLIANCE; and short.
+RETAIN_FOR = timedelta(days=1)
+# Another run's objects this old are a killed run's leftovers: removed along with this run's.
+LEFTOVER_AGE = timedelta(hours=1)
+
+# Where a server authorizes a probe's calls by other actions than AWS does: server (the first word
+# of its Server header) -> verb -> the verbs whose grants allow that verb's probe there.
+# SeaweedFS 4.48 enforces every action of ACTIONS on its own (tried with one identity per action).
+# MinIO, from its source (RELEASE.2025-09-07T16-13-09Z; no MinIO server runs here): a GET or HEAD
+# naming a VersionId is authorized as s3:GetObject (cmd/object-handlers.go), and s3:ListBucketVersions
+# falls back to s3:ListBucket (cmd/auth-handler.go, "s3:ListBucket permission is same as ...").
+AUTHORIZED_AS: dict[str, dict[str, tuple[str, ...]]] = {
+    "SeaweedFS": {},
+    "MinIO": {"ReadVersions": ("Read",), "ListVersions": ("ListVersions", "List")},
+}
+
+
+class CheckError(RuntimeError):
+    """The check could not run, or could not remove its objects; the message says what and where."""
 
 
 @dataclass(frozen=True)
@@ -223,84 +316,205 @@ class Probe:
     verb: str  # one of PROBES
     area: str
     allowed: bool
-    outcome: str  # "allowed" | "refused" | an unexpected error code
+    outcome: str  # "allowed" | "refused" | an unexpected error code (or one per call, joined by "+")
+    note: str = ""  # how the server in use decides it, where that is not by the verb's own actions
 
 
-def expected(role: str, probe_name: str, area: str) -> bool:
-    # An overwrite is a put: no IAM action tells it apart from a create.
+@dataclass(frozen=True)
+class Version:
+    key: str
+    version_id: str
+
+
+def deciding_verbs(probe_name: str, server: str = "") -> tuple[str, ...]:
+    """The verbs whose grants allow a probe on `server`: its own (an Overwrite is a Write's) by default."""
     verb = "Write" if probe_name == "Overwrite" else probe_name
-    return area in GRANTS[role].get(verb, ())
+    return AUTHORIZED_AS.get(server, {}).get(verb, (verb,))
 
 
-def attempt(operation) -> str:
-    """Run one S3 call: "allowed", "refused", or the unexpected error code."""
-    try:
-        operation()
-    except ClientError as exc:
-        code = error_code(exc)
-        return "refused" if code in ("AccessDenied", "403") else code
-    return "allowed"
+def expected(role: str, probe_name: str, area: str, server: str = "") -> bool:
+    return any(area in GRANTS[role].get(verb, ()) for verb in deciding_verbs(probe_name, server))
+
+
+def probe(role: str, probe_name: str, area: str, outcome: str, server: str) -> Probe:
+    verbs = deciding_verbs(probe_name, server)
+    note = "" if verbs == deciding_verbs(probe_name) else f"{server} authorizes it as {' or '.join(verbs)}"
+    return Probe(probe_name, area, expected(role, probe_name, area, server), outcome, note)
+
+
+def attempt(*operations: Callable[[], object]) -> str:
+    """Run S3 calls: "allowed" or "refused" when all answered alike, else what each answered."""
+    outcomes = []
+    for operation in operations:
+        try:
+            operation()
+            outcomes.append("allowed")
+        except ClientError as exc:
+            code = error_code(exc)
+            outcomes.append("refused" if code in ("AccessDenied", "403") else code)
+    return outcomes[0] if len(set(outcomes)) == 1 else "+".join(outcomes)
+
+
+def retain_until() -> datetime:
+    return datetime.now(UTC) + RETAIN_FOR
+
+
+def versions_under(s3: S3Client, bucket: str, prefix: str) -> list[dict]:
+    """Every version and delete marker under `prefix`."""
+    found: list[dict] = []
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        found += [dict(v) for v in page.get("Versions", ())] + [dict(m) for m in page.get("DeleteMarkers", ())]
+    return found
 
 
 class Scratch:
     """The check's own objects, under `<area>_role-check/<run>/`, made and removed with the root keys:
     the probes read, overwrite and delete nothing else."""
 
-    def __init__(self, root, bucket: str):
+    def __init__(self, root: S3Client, bucket: str):
         self.root, self.bucket = root, bucket
         self.run = uuid.uuid4().hex[:12]
-        self.keys: list[str] = []
+        self.prefixes: dict[str, None] = {}  # the area prefixes it made folders in, in order
+        self.made = 0
+
+    def folder(self, prefix: str) -> str:
+        """This run's folder in an area, noted for remove()."""
+        self.prefixes.setdefault(prefix)
+        return f"{prefix}{CHECK_FOLDER}{self.run}/"
 
     def key(self, prefix: str) -> str:
-        key = f"{prefix}{CHECK_FOLDER}{self.run}/{len(self.keys)}"
-        self.keys.append(key)
-        return key
+        self.made += 1
+        return f"{self.folder(prefix)}{self.made}"
 
-    def fixture(self, prefix: str) -> str:
+    def fixture(self, prefix: str, locked: bool = False) -> Version:
+        """An object of the check's; `locked`: GOVERNANCE retention and a legal hold (off) to read back."""
         key = self.key(prefix)
-        self.root.put_object(Bucket=self.bucket, Key=key, Body=FIXTURE_BODY)
-        return key
+        lock: dict[str, Any] = {}
+        if locked:
+            lock = {
+                "ObjectLockMode": "GOVERNANCE",
+                "ObjectLockRetainUntilDate": retain_until(),
+                "ObjectLockLegalHoldStatus": "OFF",
+            }
+        response = self.root.put_object(Bucket=self.bucket, Key=key, Body=FIXTURE_BODY, **lock)
+        return Version(key, response["VersionId"])
 
     def remove(self) -> None:
-        for key in self.keys:
-            self.root.delete_object(Bucket=self.bucket, Key=key)
+        """Every version and delete marker under this run's folders, its locks bypassed, and a killed
+        run's leftovers (older than LEFTOVER_AGE) where they can go: another run's objects never fail
+        the check. CheckError when any of this run's stays."""
+        stale = datetime.now(UTC) - LEFTOVER_AGE
+        failed: list[str] = []
+        for prefix in self.prefixes:
+            ours = f"{prefix}{CHECK_FOLDER}{self.run}/"
+            try:
+                found = versions_under(self.root, self.bucket, f"{prefix}{CHECK_FOLDER}")
+            except (ClientError, BotoCoreError) as exc:
+                raise CheckError(f"could not list {ours} to remove the check's objects: {exc}") from exc
+            for entry in found:
+                mine = entry["Key"].startswith(ours)
+                if not mine and entry["LastModified"] > stale:
+                    continue  # another run's, perhaps running now
+                try:
+                    self.root.delete_object(
+                        Bucket=self.bucket,
+                        Key=entry["Key"],
+                        VersionId=entry["VersionId"],
+                        BypassGovernanceRetention=True,
+                    )
+                except (ClientError, BotoCoreError) as exc:
+                    if mine:
+                        code = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
+                        failed.append(f"{entry['Key']} version {entry['VersionId']} ({code})")
+        if failed:
+            raise CheckError(
+                f"{len(failed)} object version(s) of the check's stay in bucket {self.bucket}, e.g. "
+                f"{'; '.join(failed[:3])}: remove them with the root keys (GOVERNANCE: bypass the retention)"
+            )
 
 
 def probe_area(s3: S3Client, scratch: Scratch, prefix: str) -> dict[str, str]:
     """Every probe of one role in one area, on the check's own objects only."""
     bucket = scratch.bucket
-    fixture, created = scratch.fixture(prefix), scratch.key(prefix)
+    locked, loose, doomed = scratch.fixture(prefix, locked=True), scratch.fixture(prefix), scratch.fixture(prefix)
+    created, folder = scratch.key(prefix), scratch.folder(prefix)
+    key, version = locked.key, locked.version_id
     outcomes = {
         "List": attempt(lambda: s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)),
         "ListUploads": attempt(lambda: s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix, MaxUploads=1)),
-        "Read": attempt(lambda: s3.get_object(Bucket=bucket, Key=fixture)["Body"].read()),
+        "ListVersions": attempt(lambda: s3.list_object_versions(Bucket=bucket, Prefix=folder, MaxKeys=1)),
+        "Read": attempt(lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read()),
+        "ReadVersions": attempt(lambda: s3.get_object(Bucket=bucket, Key=key, VersionId=version)["Body"].read()),
+        "ReadRetention": attempt(
+            lambda: s3.get_object_retention(Bucket=bucket, Key=key, VersionId=version),
+            lambda: s3.get_object_legal_hold(Bucket=bucket, Key=key, VersionId=version),
+        ),
         "Write": attempt(lambda: s3.put_object(Bucket=bucket, Key=created, Body=b"created by the role check\n")),
     }
     # Over its own new object where it could make one, else over the check's fixture.
-    target = created if outcomes["Write"] == "allowed" else fixture
+    target = created if outcomes["Write"] == "allowed" else key
     outcomes["Overwrite"] = attempt(lambda: s3.put_object(Bucket=bucket, Key=target, Body=b"overwritten\n"))
-    outcomes["Delete"] = attempt(lambda: s3.delete_object(Bucket=bucket, Key=fixture))
-    return outcomes
+    retention: Any = {"Mode": "GOVERNANCE", "RetainUntilDate": retain_until()}
+    outcomes["Retain"] = attempt(
+        lambda: s3.put_object_retention(Bucket=bucket, Key=loose.key, VersionId=loose.version_id, Retention=retention),
+        lambda: s3.put_object_legal_hold(
+            Bucket=bucket, Key=loose.key, VersionId=loose.version_id, LegalHold={"Status": "OFF"}
+        ),
+    )
+    outcomes["Delete"] = attempt(lambda: s3.delete_object(Bucket=bucket, Key=key))
+    outcomes["DeleteVersions"] = attempt(
+        lambda: s3.delete_object(Bucket=bucket, Key=doomed.key, VersionId=doomed.version_id)
+    )
+    outcomes["Bypass"] = attempt(
+        lambda: s3.delete_object(Bucket=bucket, Key=key, VersionId=version, BypassGovernanceRetention=True)
+    )
+    return {name: outcomes[name] for name in PROBES}
 
 
-def check(env: Mapping[str, str], client_for) -> dict[str, list[Probe]]:
-    """For every role, every probe in every area: allowed exactly where GRANTS says. The process's
-    own keys (MINIO_ACCESS_KEY) must be the root's: they make and remove the probes' objects."""
+def server_of(root: S3Client, bucket: str) -> str:
+    """The store's product (the first word of its Server header); CheckError unless the bucket has
+    Object Lock, which the Retain, ReadRetention and Bypass probes need, as the raw zone does."""
+    try:
+        answer: Any = root.get_object_lock_configuration(Bucket=bucket)
+    except ClientError as exc:
+        if error_code(exc) != "ObjectLockConfigurationNotFoundError":
+            raise
+        answer = {"ResponseMetadata": exc.response.get("ResponseMetadata", {})}
+    if answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
+        raise CheckError(
+            f"bucket {bucket} has no Object Lock, so its raw zone is not write-once and the lock probes "
+            "cannot run: `python -m workers.store ensure-bucket` names the one-time migration"
+        )
+    header = answer["ResponseMetadata"].get("HTTPHeaders", {}).get("server", "")
+    return header.split()[0] if header else "unknown"
+
+
+def check(env: Mapping[str, str], client_for) -> Iterator[tuple[str, Probe]]:
+    """For every role, every probe in every area, as each is made: allowed exactly where GRANTS says
+    (as the server in use authorizes it, AUTHORIZED_AS). The process's own keys (MINIO_ACCESS_KEY)
+    must be the root's: they make and remove the probes' objects, all of them, even on a failure."""
     settings = load_settings(env)
     areas = Areas.from_env(env)
-    scratch = Scratch(client_for(settings, (settings.s3_access_key, settings.s3_secret_key)), settings.bucket)
-    report = {}
+    root = client_for(settings, (settings.s3_access_key, settings.s3_secret_key))
+    server = server_of(root, settings.bucket)
+    scratch = Scratch(root, settings.bucket)
     try:
         for role in GRANTS:
             s3 = client_for(settings, required_credentials(role, env))
-            report[role] = [
-                Probe(name, area, expected(role, name, area), outcome)
-                for area in AREAS
-                for name, outcome in probe_area(s3, scratch, areas.prefix(area)).items()
-            ]
+            for area in AREAS:
+                for name, outcome in probe_area(s3, scratch, areas.prefix(area)).items():
+                    yield role, probe(role, name, area, outcome, server)
     finally:
         scratch.remove()
-    return report
+
+
+def stopped(exc: BaseException) -> str:
+    """Why the check stopped, and what it met first when its clean-up then failed too."""
+    said = str(exc) if isinstance(exc, CheckError) else f"the check stopped: {exc}"
+    first = exc.__context__
+    if isinstance(exc, CheckError) and isinstance(first, (CheckError, ClientError, BotoCoreError)):
+        said += f" (after the check stopped: {first})"
+    return said
 
 
 def _client_for(settings: Settings, keys: tuple[str, str]):
@@ -319,14 +533,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {path}")
             return 0
         wrong = 0
-        for role, probes in check(os.environ, _client_for).items():
-            for p in probes:
+        try:
+            for role, p in check(os.environ, _client_for):
                 wanted = "allowed" if p.allowed else "refused"
                 ok = p.outcome == wanted
                 wrong += not ok
-                print(f"{'ok ' if ok else 'BAD'} {role:<10} {p.verb:<11} {p.area:<9} {p.outcome} (expected {wanted})")
-        if wrong:
-            print(f"roles: {wrong} probe(s) not as granted", file=sys.stderr)
+                why = f"; {p.note}" if p.note else ""
+                print(
+                    f"{'ok ' if ok else 'BAD'} {role:<10} {p.verb:<14} {p.area:<9} {p.outcome} (expected {wanted}{why})"
+                )
+        except (CheckError, ClientError, BotoCoreError) as exc:
+            print(f"roles: {stopped(exc)}", file=sys.stderr)
+            return 1
+        finally:
+            if wrong:
+                print(f"roles: {wrong} probe(s) not as granted", file=sys.stderr)
         return 1 if wrong else 0
     except SettingsError as exc:
         print(f"roles: {exc}", file=sys.stderr)

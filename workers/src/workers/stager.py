@@ -370,7 +370,6 @@ def remove_registered_version(s3: S3Client, bucket: str, key: str, etag: str) ->
     doomed = [v for v, v_etag in newer if v_etag in (None, etag)] + [v for v, _ in versions[registered + 1 :]]
     for v in doomed:
         delete_version(s3, bucket, key, v["VersionId"])
-        checkpoint("stager.inbox_version_deleted")
     registered_version = versions[registered][0]["VersionId"]
     delete_version(s3, bucket, key, registered_version)
     return InboxRemoval(registered_version, newer_kept=any(v_etag not in (None, etag) for _, v_etag in newer))
