@@ -21,6 +21,9 @@ NON_DEFAULT_INTAKE = {
     "RAW_PREFIX": "vault/",
     "STAGER_DELETE_INBOX": "false",
     "CLASSIFIER_IMPL": "workers.classifier:submitter_filename",
+    "RAW_RETENTION_MODE": "GOVERNANCE",
+    "RAW_RETENTION_DAYS": "7",
+    "RAW_LEGAL_HOLD": "true",
 }
 GROUP = "partners/acme/unknown/2026-11/drop-9/"
 
@@ -33,6 +36,7 @@ class IntakeOutcome:
     registered_files: list[str]
     raw_keys: list[str]
     inbox_keys: list[str]
+    raw_locks: dict[str, tuple[str, int, bool]]  # raw file name -> (mode, whole days kept, legal hold)
 
 
 def run_with_non_default_settings(monkeypatch, settings: Settings, s3) -> IntakeOutcome:
@@ -52,6 +56,7 @@ def run_with_non_default_settings(monkeypatch, settings: Settings, s3) -> Intake
         registered_files=registered_files(settings.metadata_db_url),
         raw_keys=keys(s3, settings.bucket, "vault/"),
         inbox_keys=keys(s3, settings.bucket, "partners/"),
+        raw_locks=raw_locks(s3, settings.bucket, "vault/"),
     )
 
 
@@ -75,6 +80,17 @@ def keys(s3, bucket: str, prefix: str) -> list[str]:
     return sorted(obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
 
 
+def raw_locks(s3, bucket: str, prefix: str) -> dict[str, tuple[str, int, bool]]:
+    locks = {}
+    for key in keys(s3, bucket, prefix):
+        head = s3.head_object(Bucket=bucket, Key=key)
+        retention = s3.get_object_retention(Bucket=bucket, Key=key, VersionId=head["VersionId"])["Retention"]
+        hold = s3.get_object_legal_hold(Bucket=bucket, Key=key, VersionId=head["VersionId"])["LegalHold"]["Status"]
+        kept = (retention["RetainUntilDate"] - head["LastModified"]).days
+        locks[key.rsplit("/", 1)[1]] = (retention["Mode"], kept, hold == "ON")
+    return locks
+
+
 def assert_every_setting_took_effect(outcome: IntakeOutcome) -> None:
     assert outcome.succeeded, outcome.failures
     assert outcome.classifier_reported == NON_DEFAULT_INTAKE["CLASSIFIER_IMPL"]
@@ -83,3 +99,6 @@ def assert_every_setting_took_effect(outcome: IntakeOutcome) -> None:
     # RAW_PREFIX: staged under vault/; STAGER_DELETE_INBOX=false: the inbox copies stay.
     assert [key.rsplit("/", 1)[1] for key in outcome.raw_keys] == ["_manifest.generated.json", "medical_claims.csv"]
     assert outcome.inbox_keys == [GROUP + "READY.flag", GROUP + "medical_claims.csv"]
+    # RAW_RETENTION_MODE/DAYS and RAW_LEGAL_HOLD: the registrar's manifest and the stager's copy.
+    locked = ("GOVERNANCE", 7, True)
+    assert outcome.raw_locks == {"_manifest.generated.json": locked, "medical_claims.csv": locked}

@@ -18,7 +18,11 @@ LAUNCHER_ONLY = {
 
 def test_a_worker_gets_its_declared_settings_and_nothing_else():
     env = {name: "v" for name in CONNECTION} | NON_DEFAULT_INTAKE | LAUNCHER_ONLY
-    assert set(worker_env(worker("stager"), env)) == set(CONNECTION) | {"RAW_PREFIX", "STAGER_DELETE_INBOX"}
+    assert set(worker_env(worker("stager"), env)) == set(CONNECTION) | {"RAW_PREFIX", "STAGER_DELETE_INBOX"} | {
+        "RAW_RETENTION_MODE",
+        "RAW_RETENTION_DAYS",
+        "RAW_LEGAL_HOLD",
+    }
     for entry in WORKERS.values():
         assert not set(worker_env(entry, env)) & set(LAUNCHER_ONLY), entry.name
 

@@ -140,7 +140,9 @@ def test_each_role_is_refused_outside_its_grants(applied):
         "the sensor deletes a recovery record": (sensor, "DELETE FROM drop_recovery"),
         "the sensor marks a submission staged": (sensor, "UPDATE submission SET status = 'staged'"),
         "the sensor deletes a rejection": (sensor, "DELETE FROM inbox_rejection"),
-        "the auditor reads submission files": (auditor, "SELECT * FROM submission_file"),
+        "the auditor changes a recorded raw version": (auditor, "UPDATE raw_object SET version_id = 'forged'"),
+        "the stager rewrites a recorded raw version": (stager, "UPDATE raw_object SET version_id = 'forged'"),
+        "the stager forgets a recorded raw version": (stager, "DELETE FROM raw_object"),
         "the heartbeat reads layouts": (heartbeat, "SELECT * FROM layout_registry"),
         "the heartbeat creates a table": (heartbeat, "CREATE TABLE public.x (i integer)"),
     }
