@@ -5,6 +5,7 @@ import pytest
 from tests.helpers import BUCKET, ROOT, roles_env
 from tests.services import S3Server, start_s3_server, stop_process_group, wait_for_s3
 from workers import roles
+from workers.store import ensure_bucket
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def role_server(tmp_path_factory) -> S3Server:
     server = S3Server(f"http://127.0.0.1:{port}", *ROOT)
     try:
         wait_for_s3(server, proc, root / "s3.log")
-        server.client().create_bucket(Bucket=BUCKET)
+        ensure_bucket(server.client(), BUCKET)
         yield server
     finally:
         stop_process_group(proc)
