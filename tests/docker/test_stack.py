@@ -158,7 +158,7 @@ def test_every_long_running_service_is_healthy_and_the_one_shot_steps_succeeded(
         assert state(service)["Health"]["Status"] == "healthy", service
     for service in ("dagster_daemon", "ui_proxy"):
         assert state(service)["Running"], service
-    one_shots = ("migrations", "db_roles", "minio_init", "roles_render", "roles_apply", "roles_check", "ui_auth_render")
+    one_shots = (*ONE_SHOT_STEPS, "ui_auth_render")
     for one_shot in one_shots:
         assert (state(one_shot)["Running"], state(one_shot)["ExitCode"]) == (False, 0), one_shot
 
@@ -433,6 +433,17 @@ def wait_for(what: str, check, timeout: float, explain) -> float:
     return time.monotonic() - began
 
 
+ONE_SHOT_STEPS = ("migrations", "db_roles", "minio_init", "store_check", "roles_render", "roles_apply", "roles_check")
+
+
+def why_up_failed(stack, up: subprocess.CompletedProcess) -> str:
+    """`up -d` re-runs the one-shot set-up steps; when it fails, each step's state and last lines."""
+    ps = stack.compose("ps", "-a").stdout
+    logs = {step: stack.compose("logs", "--no-color", "--tail=25", step).stdout for step in ONE_SHOT_STEPS}
+    shown = "\n".join(f"--- {step} ---\n{text[-2500:]}" for step, text in logs.items())
+    return f"{up.stderr[-3000:]}\n{ps}\n{shown}"
+
+
 def ui_answers(stack) -> bool:
     try:
         with urllib.request.urlopen(f"{stack.ui_url('operator')}/healthz", timeout=5) as response:
@@ -447,7 +458,7 @@ def kill_the_daemon_and_bring_the_stack_back(stack, engine) -> Callable[[], str]
     later wait's failure: the stack's services and the daemon's and the proxy's last lines."""
     container(stack, engine, "dagster_daemon").kill()
     up = stack.compose("up", "-d")
-    assert up.returncode == 0, up.stderr[-3000:]
+    assert up.returncode == 0, why_up_failed(stack, up)
 
     def explain() -> str:
         ps = stack.compose("ps").stdout
@@ -540,7 +551,7 @@ def test_the_daemon_killed_during_a_short_step_and_brought_back_up_ends_with_the
     stack's own compose file)."""
     worker = point.split(".")[0]
     with_pause = stack.compose("up", "-d", "dagster_daemon", files=(PAUSE_OVERRIDE,), env={"WORKER_PAUSE_AT": point})
-    assert with_pause.returncode == 0, with_pause.stderr[-3000:]
+    assert with_pause.returncode == 0, why_up_failed(stack, with_pause)
     group = f"inbox/acme/unknown/daemon-killed-{worker}/"
     files = drop_many(stack, group, worker, count=3, size=1000)
     held = paused_worker(stack, engine, worker)
