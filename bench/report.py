@@ -202,7 +202,8 @@ def staging_section(part: dict) -> list[str]:
         "floor_copy_and_hash": "floor: CopyObject + streamed SHA-256 read",
         "floor_with_target_head": "floor + HEAD of each target",
         "create_only_copy_and_hash": "floor with the stager's conditions (If-None-Match, CopySourceIfMatch)",
-        "stager": "stager (create-only copy, verify, DB marks)",
+        "create_only_copy_hash_and_lock": "the same, hashing the copy's version and locking it (Object Lock)",
+        "stager": "stager (create-only copy, verify, lock, DB records and marks)",
         "stager_with_inbox_cleanup": "stager with inbox clean-up (one run)",
         "naive_download_upload": "naive download + re-upload",
     }

@@ -26,9 +26,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bench.services import S3Endpoint
-from workers import classifier, layouts, registrar, stager
-from workers.db import Submission, SubmissionFile, make_engine
-from workers.settings import load_settings
+from workers import classifier, layouts, raw_zone, registrar, stager
+from workers.db import RawObject, Submission, SubmissionFile, make_engine
+from workers.settings import load_retention_settings, load_settings
 from workers.store import make_s3_client, sha256_of
 
 MiB = 1024 * 1024
@@ -97,9 +97,11 @@ def select_files(submission_id: str):
 
 
 def reset_submission(db_url: str, submission_id: str) -> None:
-    """Back to registered, so the next round copies everything again."""
+    """Back to registered, so the next round copies everything again. The last round's raw
+    versions stay in the store (locked: only hidden by delete markers), so their records go."""
     engine = make_engine(db_url)
     with Session(engine) as session, session.begin():
+        session.execute(sa.delete(RawObject).where(RawObject.submission_id == submission_id, RawObject.kind == "data"))
         session.execute(
             sa.update(Submission)
             .where(Submission.submission_id == submission_id)
@@ -126,7 +128,7 @@ def parallel_copies(s3, bucket: str, files: list[SourceFile], workers: int, pref
     def one(f: SourceFile) -> None:
         target = prefix + f.raw_key
         if head:
-            stager.object_exists(s3, bucket, target)
+            raw_zone.current_version(s3, bucket, target)
         copy(s3, bucket, f, target)
         if sha256_of(s3, bucket, target) != f.sha256:
             raise RuntimeError(f"copy of {f.inbox_key} at {target} does not match")
@@ -142,6 +144,23 @@ def plain_copy(s3, bucket: str, f: SourceFile, target: str) -> None:
 def create_only_copy(s3, bucket: str, f: SourceFile, target: str) -> None:
     """The stager's call: a server-side copy refused if the target exists or the source changed."""
     stager.create_only_copy(s3, bucket, f.inbox_key, f.etag, target, f.size, stager.CopyPlan())
+
+
+def create_only_copy_hash_and_lock(s3, bucket: str, files: list[SourceFile], workers: int, prefix: str) -> None:
+    """The stager's per-file work without the database: the conditional copy, the version read
+    back and hashed, and its lock (the default retention)."""
+    retention = load_retention_settings()
+
+    def one(f: SourceFile) -> None:
+        target = prefix + f.raw_key
+        version = stager.create_only_copy(s3, bucket, f.inbox_key, f.etag, target, f.size, stager.CopyPlan())
+        digest, written = raw_zone.version_sha256(s3, bucket, target, version)
+        if digest != f.sha256:
+            raise RuntimeError(f"copy of {f.inbox_key} at {target} does not match")
+        raw_zone.protect(s3, bucket, target, version, raw_zone.wanted(retention, written), fresh=True)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, files))
 
 
 def naive_copy(s3, bucket: str, files: list[SourceFile], workers: int) -> None:
@@ -201,6 +220,10 @@ def run(endpoint: S3Endpoint, bucket: str, db_url: str, total_mib: int, repeats:
         "create_only_copy_and_hash": (
             lambda: parallel_copies(s3, bucket, files, workers, "bench-create-only/", create_only_copy),
             lambda: remove_keys(s3, bucket, ["bench-create-only/" + k for k in raw_keys]),
+        ),
+        "create_only_copy_hash_and_lock": (
+            lambda: create_only_copy_hash_and_lock(s3, bucket, files, workers, "bench-locked/"),
+            lambda: remove_keys(s3, bucket, ["bench-locked/" + k for k in raw_keys]),
         ),
         "stager": (
             lambda: run_stager(db_url, submission_id, delete_inbox=False),
