@@ -27,6 +27,7 @@ from tests.services import (  # noqa: F401 - re-exported for bench's modules
     stop_process_group,
     wait_for_s3,
 )
+from workers.store import ensure_bucket
 
 S3Endpoint = S3Server
 
@@ -48,7 +49,7 @@ def create_bucket(endpoint: S3Endpoint, name: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            endpoint.client().create_bucket(Bucket=name)
+            ensure_bucket(endpoint.client(), name)
             return
         except Exception:
             if time.monotonic() > deadline:

@@ -25,6 +25,7 @@ from tests.services import (
 )
 from workers.db import make_engine
 from workers.settings import Settings, load_settings
+from workers.store import ensure_bucket
 
 # Fixtures shared across directories, kept in modules of their own (pytest reads pytest_plugins in
 # the root conftest only).
@@ -83,13 +84,13 @@ def s3_server(tmp_path_factory) -> S3Server:
 
 @pytest.fixture
 def bucket(s3_server: S3Server) -> str:
-    """A bucket of the test's own, removed afterwards: SeaweedFS gives each bucket its own volumes,
-    and a server with ~75 of them refuses writes into the 76th bucket."""
+    """A bucket of the test's own, locked as production's (workers.store.ensure_bucket), removed
+    afterwards: SeaweedFS gives each bucket its own volumes, and a server with ~75 of them refuses
+    writes into the 76th bucket."""
     name = f"test-{uuid.uuid4().hex[:12]}"
-    s3 = s3_server.client()
-    s3.create_bucket(Bucket=name)
+    ensure_bucket(s3_server.client(), name)
     yield name
-    remove_bucket(s3, name)
+    remove_bucket(s3_server, name)
 
 
 @pytest.fixture

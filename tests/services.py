@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ from workers.store import CLIENT_CONFIG
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 S3_KEYS = ("minioadmin", "minioadmin")
-# The S3 server's internal components listen on S3 port + 10000 .. + 10008 (scripts/s3_server.sh).
+# The S3 server's internal components listen on S3 port + 10000 .. + 10008 (scripts/s3_server.sh),
+# its filer on S3 port + 10005.
 INTERNAL_PORTS = range(10000, 10009)
+FILER_PORT_OFFSET = 10005
 
 
 @dataclass(frozen=True)
@@ -122,15 +125,15 @@ def stop_process_group(proc: subprocess.Popen, grace: float = 15) -> None:
         pass
 
 
-def remove_bucket(s3, name: str) -> None:
-    for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=name):
-        for upload in page.get("Uploads", ()):
-            s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-        # One by one: a batch DeleteObjects is XML, which cannot carry keys with control characters.
-        for obj in page.get("Contents", ()):
-            s3.delete_object(Bucket=name, Key=obj["Key"])
-    s3.delete_bucket(Bucket=name)
+def remove_bucket(server_or_client, name: str) -> None:
+    """Removes a bucket with everything in it, through SeaweedFS's filer, below S3 and its Object Lock:
+    over S3 a version under COMPLIANCE retention or legal hold cannot be deleted, by design. The filer
+    drops the bucket's folder (every version, delete marker and upload) and its volumes; idempotent."""
+    endpoint = getattr(server_or_client, "endpoint", None) or server_or_client.meta.endpoint_url
+    parts = urllib.parse.urlsplit(endpoint)
+    filer = f"http://{parts.hostname}:{parts.port + FILER_PORT_OFFSET}"
+    request = urllib.request.Request(f"{filer}/buckets/{urllib.parse.quote(name)}?recursive=true", method="DELETE")
+    urllib.request.urlopen(request, timeout=120).close()  # an error answer raises HTTPError
 
 
 def create_postgres_database(prefix: str = "hp_test") -> str:

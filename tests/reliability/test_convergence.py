@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from tests.helpers import drop_files, staged_state
 from tests.services import S3_KEYS, DevUpProcess, S3Server, fresh_copy, start_s3_server, stop_process_group, wait_for_s3
 from workers.inbox import group_id
+from workers.store import ensure_bucket
 
 FILES = {f"claims_{n}.csv": os.urandom(2_000_000) for n in range(3)}
 # Quick rounds for a test: the defaults are minutes (workers.settings.RECOVERY_DEFAULTS).
@@ -153,7 +154,7 @@ def platform(copy, tmp_path, request):
     for state in (".dagster_home", ".local"):  # each scenario its own runs and metadata DB
         shutil.rmtree(copy / state, ignore_errors=True)
     made = Platform(copy, tmp_path, f"conv-{tmp_path.name[-12:].lower().replace('_', '-')}", extra)
-    made.s3.client().create_bucket(Bucket=made.bucket)
+    ensure_bucket(made.s3.client(), made.bucket)
     yield made
     made.close()
 

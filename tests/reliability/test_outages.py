@@ -27,6 +27,7 @@ from tests.services import (
     stop_process_group,
     wait_for_s3,
 )
+from workers.store import ensure_bucket
 
 GROUP = "inbox/acme/unknown/outage/"
 DB_PASSWORD = "SENTINEL-DB-PASSWORD-retry"
@@ -39,7 +40,7 @@ def restartable_s3(tmp_path, monkeypatch):
     proc, port = start_s3_server(data, log)
     server = S3Server(f"http://127.0.0.1:{port}", *S3_KEYS)
     wait_for_s3(server, proc, log)
-    server.client().create_bucket(Bucket="health-raw")
+    ensure_bucket(server.client(), "health-raw")
     settings = {"MINIO_ACCESS_KEY": server.access_key, "MINIO_SECRET_KEY": server.secret_key}
     for name, value in {**settings, "MINIO_ENDPOINT": server.endpoint, "MINIO_BUCKET": "health-raw"}.items():
         monkeypatch.setenv(name, value)

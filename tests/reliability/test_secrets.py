@@ -26,6 +26,7 @@ from orchestrator.defs.resources import WorkerLauncher
 from tests.containers import IMAGE_TAG
 from tests.helpers import drop_files
 from tests.services import PG_ADMIN_URL, S3Server, migrate, start_s3_server, stop_process_group, wait_for_s3
+from workers.store import ensure_bucket
 
 ACCESS_KEY = "AKIASENTINELACCESS7"
 SECRET_KEY = "SENTINEL-SECRET-KEY-9f3a"
@@ -62,7 +63,7 @@ def sentinel_platform(tmp_path, postgres_url, monkeypatch):
     proc, port = start_s3_server(tmp_path / "s3", tmp_path / "s3.log", keys=(ACCESS_KEY, SECRET_KEY))
     server = S3Server(f"http://127.0.0.1:{port}", ACCESS_KEY, SECRET_KEY)
     wait_for_s3(server, proc, tmp_path / "s3.log")
-    server.client().create_bucket(Bucket="health-raw")
+    ensure_bucket(server.client(), "health-raw")
     # Postgres here trusts local connections, so the password is carried everywhere but never checked.
     db_url = sa.make_url(postgres_url).set(password=DB_PASSWORD).render_as_string(hide_password=False)
     migrate(db_url)
