@@ -6,15 +6,40 @@
 #   UP_TIMEOUT_SECONDS  how long to wait for the UI (default: 300)
 set -uo pipefail
 read -r -a COMPOSE <<< "${COMPOSE:-docker-compose}"
-ONE_SHOT_STEPS=(migrations minio_init roles_render roles_apply roles_check ui_auth_render)
+# Every service in docker-compose.yml with `restart: "no"` (tests/docker/test_compose_names.py).
+ONE_SHOT_STEPS=(migrations db_roles minio_init store_check roles_render roles_apply roles_check ui_auth_render)
 TAIL_LINES=20
 
 say() { echo "make up: $*" >&2; }
 
+# The compose project's name: -p/--project-name in COMPOSE, else COMPOSE_PROJECT_NAME, else the
+# directory's name as compose normalises it.
+project_name() {
+  local i
+  for ((i = 0; i < ${#COMPOSE[@]}; i++)); do
+    case "${COMPOSE[$i]}" in
+      -p | --project-name) echo "${COMPOSE[$((i + 1))]:-}"; return ;;
+      --project-name=*) echo "${COMPOSE[$i]#--project-name=}"; return ;;
+    esac
+  done
+  if [ -n "${COMPOSE_PROJECT_NAME:-}" ]; then echo "$COMPOSE_PROJECT_NAME"; return; fi
+  basename "$PWD" | tr '[:upper:]' '[:lower:]' | tr -cd 'a-z0-9_-'
+}
+
+# A service's container ids: as compose lists them, else by compose's labels (some
+# engine and compose pairings list no container for a step that has exited).
+containers_of() {
+  local ids
+  ids=$("${COMPOSE[@]}" ps -a -q "$1" 2>/dev/null)
+  [ -n "$ids" ] || ids=$(docker ps -a -q --filter "label=com.docker.compose.project=$(project_name)" \
+    --filter "label=com.docker.compose.service=$1" 2>/dev/null)
+  echo "$ids"
+}
+
 # "<status> <exit code>" of a service's container, or nothing when it has none.
 state_of() {
   local id
-  id=$("${COMPOSE[@]}" ps -a -q "$1" 2>/dev/null | head -1)
+  id=$(containers_of "$1" | head -1)
   [ -n "$id" ] && docker inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$id" 2>/dev/null
 }
 
@@ -68,8 +93,18 @@ ui_answers() {
   curl -sf -o /dev/null --max-time 5 "$operator/healthz" && curl -sf -o /dev/null --max-time 5 "$viewer/healthz"
 }
 
+# Every container of the project with its state, so the one that failed is named in any case.
+show_containers() {
+  say "the stack's containers:"
+  docker ps -a --filter "label=com.docker.compose.project=$(project_name)" \
+    --format '{{.Names}}\t{{.Status}}' >&2
+}
+
 if ! "${COMPOSE[@]}" up -d; then
-  report_failed_steps || report_unhealthy_services
+  if ! report_failed_steps; then
+    report_unhealthy_services
+    show_containers
+  fi
   say "docker-compose up failed (its own error is above)"
   exit 1
 fi

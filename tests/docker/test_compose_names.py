@@ -33,6 +33,7 @@ EXPECTED_SERVICES = {
     "roles_render",
     "roles_apply",
     "roles_check",
+    "store_check",
     "seaweedfs",
     *IMAGES,
 }
@@ -156,8 +157,8 @@ def test_compose_accepts_the_file(tmp_path):
 
 
 def test_only_the_object_store_and_its_set_up_steps_hold_the_root_keys():
-    # roles_check makes and removes its probes' objects with them.
-    root_holders = {"minio", "minio_init", "roles_render", "roles_apply", "roles_check"}
+    # roles_check and store_check make and remove their probes' objects with them.
+    root_holders = {"minio", "minio_init", "roles_render", "roles_apply", "roles_check", "store_check"}
     for name, service in SERVICES.items():
         env = service.get("environment", {})
         holds_root = "${MINIO_SECRET_KEY:" in str(env.get("MINIO_SECRET_KEY", "")) or "MINIO_ROOT_PASSWORD" in env
@@ -176,3 +177,20 @@ def test_every_role_has_its_keys_in_compose_and_env_example():
 def test_the_daemon_gets_every_setting_a_worker_declares_so_the_launcher_can_hand_it_on():
     declared = {name for entry in WORKERS.values() for name in entry.intake_settings}
     assert declared <= set(SERVICES["dagster_daemon"]["environment"])
+
+
+def test_make_up_watches_every_one_shot_step_in_compose():
+    """scripts/stack_up.sh names a failed one-shot step only if ONE_SHOT_STEPS lists it; a one-shot
+    step is a service that must not restart."""
+    script = (REPO / "scripts/stack_up.sh").read_text()
+    (listed,) = re.findall(r"^ONE_SHOT_STEPS=\(([^)]*)\)$", script, re.MULTILINE)
+    one_shots = {name for name, service in SERVICES.items() if service.get("restart") == "no"}
+    awaited = {
+        step
+        for service in SERVICES.values()
+        if isinstance(service.get("depends_on"), dict)
+        for step, wait in service["depends_on"].items()
+        if wait.get("condition") == "service_completed_successfully"
+    }
+    assert awaited <= one_shots  # every step something waits to complete is marked as a one-shot
+    assert sorted(listed.split()) == sorted(one_shots)

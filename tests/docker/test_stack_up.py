@@ -4,6 +4,7 @@ its own stands in for the stack here (the real stack coming up is tests/docker/t
 the failure costs seconds, not a stack."""
 
 import os
+import re
 import subprocess
 import uuid
 
@@ -43,6 +44,21 @@ services:
 """
 
 
+# A failing step that is not among stack_up.sh's ONE_SHOT_STEPS (a service added later, say).
+UNKNOWN_STEP = """
+services:
+  some_new_step:
+    image: localhost/health-intake-standin-s3:latest
+    entrypoint: ["sh", "-c", "exit 3"]
+  dagster_daemon:
+    image: localhost/health-intake-standin-s3:latest
+    entrypoint: ["sleep", "600"]
+    depends_on:
+      some_new_step:
+        condition: service_completed_successfully
+"""
+
+
 @pytest.fixture
 def compose_project(engine, tmp_path):
     """A compose command for a file of the test's own, under a project name of its own."""
@@ -79,3 +95,12 @@ def test_make_up_names_a_service_that_never_becomes_healthy_and_prints_its_last_
     assert done.returncode == 1
     assert "make up: service dagster_webserver is unhealthy" in done.stderr, done.stderr[-3000:]
     assert "webserver: cannot load the code location" in done.stderr
+
+
+def test_make_up_lists_the_stacks_containers_when_no_known_step_failed(compose_project):
+    compose_file, compose = compose_project
+    compose_file.write_text(UNKNOWN_STEP)
+    done = make_up(compose)
+    assert done.returncode == 1
+    assert "make up: the stack's containers:" in done.stderr, done.stderr[-3000:]
+    assert re.search(r"some_new_step\S*\s+Exited \(3\)", done.stderr), done.stderr[-3000:]

@@ -10,10 +10,13 @@ import sys
 import uuid
 
 import pytest
+import yaml
 
-from tests.services import S3Server, free_port_block, remove_bucket
+from tests.services import REPO, S3Server, free_port_block, remove_bucket
 from workers import store
 from workers.store import CHECK_PREFIX, PROBES, Scratch, StoreError, ensure_bucket
+
+DAGSTER_SERVICES = ("dagster_webserver", "dagster_viewer", "dagster_daemon")
 
 
 @pytest.fixture
@@ -204,3 +207,16 @@ def test_check_exits_2_naming_the_keys_when_the_store_refuses_them(s3_server, bu
     assert done.returncode == 2
     assert "MINIO_ACCESS_KEY / MINIO_SECRET_KEY" in done.stderr and "Traceback" not in done.stderr
     assert "SENTINEL-SECRET" not in done.stdout + done.stderr
+
+
+# --- Docker mode: the check gates the Dagster services -----------------------------------------
+
+
+def test_compose_runs_the_store_check_after_the_bucket_set_up_and_before_every_dagster_service():
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    # The command itself waits for the store; no shell loop, which would retry a refusal too.
+    assert services["minio_init"]["entrypoint"][:4] == ["python", "-m", "workers.store", "ensure-bucket"]
+    assert services["store_check"]["entrypoint"] == ["python", "-m", "workers.store", "check"]
+    assert services["store_check"]["depends_on"] == {"minio_init": {"condition": "service_completed_successfully"}}
+    for name in DAGSTER_SERVICES:
+        assert services[name]["depends_on"]["store_check"] == {"condition": "service_completed_successfully"}, name
