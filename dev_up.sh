@@ -100,12 +100,15 @@ else
     die "the S3 server did not answer at $MINIO_ENDPOINT within 120 s; see .local/s3.log"
   fi
 fi
-# The server answers HTTP a moment before its S3 gateway takes requests: retry briefly.
-for i in $(seq 1 30); do
-  python -m workers.store ensure-bucket && break
-  [ "$i" = 30 ] && die "could not create bucket $MINIO_BUCKET at $MINIO_ENDPOINT"
-  sleep 1
-done
+# The bucket with Object Lock on; the command waits while the S3 gateway is still starting, and
+# refuses an existing bucket without Object Lock, printing the one-time migration.
+python -m workers.store ensure-bucket --wait 30 || die "bucket $MINIO_BUCKET is not usable at $MINIO_ENDPOINT (above)"
+# The behaviours the platform relies on (Object Lock, conditional requests), proved on this store.
+if ! check=$(python -m workers.store check 2>&1); then
+  echo "$check" >&2
+  die "the object store at $MINIO_ENDPOINT failed the store check (BAD lines above)"
+fi
+say "store check passed (object lock, conditional requests, version deletes)"
 
 say "starting dagster dev on http://127.0.0.1:$DAGSTER_PORT (log .local/dagster.log)"
 start_group .local/dagster.log dagster dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT"
