@@ -605,3 +605,63 @@ def test_two_stagers_racing_on_one_submission_both_end_with_every_file_staged_on
     assert keys_under(platform_env, registered.raw_prefix) == sorted([*registered.raw_keys, registered.manifest_key])
     for key, body in registered.files.items():
         assert read(platform_env, key) == body
+
+
+def test_adoption_locks_and_records_migrated_copies_holding_their_bytes_and_names_the_rest(platform_env, register):
+    registered = register(some_files(3))
+    stage(platform_env, registered, delete_inbox=False)
+    s3, bucket = make_s3_client(platform_env), platform_env.bucket
+    # As after `aws s3 sync` into a new bucket: each object a new version, unlocked, unrecorded.
+    for key in [*registered.raw_keys, registered.manifest_key]:
+        s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": key})
+    tampered = registered.raw_keys[2]
+    s3.put_object(Bucket=bucket, Key=tampered, Body=b"not the registered bytes")
+    engine = make_engine(platform_env.metadata_db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.delete(RawObject).where(RawObject.submission_id == registered.submission_id))
+    engine.dispose()
+
+    done = run_stager("--adopt-unrecorded")
+
+    assert done.returncode == 1
+    tampered_id = file_id(registered.inbox_keys[tampered])
+    assert f"adopted 3; 1 not adopted, first: submission {registered.submission_id} {tampered_id}" in done.stderr
+    recorded = raw_objects(platform_env, registered.submission_id)
+    assert sorted(recorded) == sorted([*registered.raw_keys[:2], registered.manifest_key])
+    for key, row in recorded.items():
+        assert row.version_id == s3.head_object(Bucket=bucket, Key=key)["VersionId"]
+        lock = s3.get_object_retention(Bucket=bucket, Key=key, VersionId=row.version_id)["Retention"]
+        assert lock["Mode"] == "COMPLIANCE"
+    # Run again once the operator has put the registered bytes back: all adopted, nothing twice.
+    s3.put_object(Bucket=bucket, Key=tampered, Body=registered.files[tampered])
+    again = run_stager("--adopt-unrecorded")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["adopted"] == 1
+
+
+def test_the_audit_by_hand_exits_1_naming_an_overwritten_copy_and_0_when_clean(platform_env, register):
+    registered = register(some_files(2))
+    stage(platform_env, registered, delete_inbox=False)
+
+    def audit() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "workers.audit"], env=dict(os.environ), capture_output=True, text=True, timeout=120
+        )
+
+    clean = audit()
+    assert clean.returncode == 0, clean.stderr
+    assert json.loads(clean.stdout)["passed"] is True
+    make_s3_client(platform_env).put_object(Bucket=platform_env.bucket, Key=registered.raw_keys[0], Body=b"x")
+
+    found = audit()
+
+    assert found.returncode == 1
+    report = json.loads(found.stdout)
+    assert report["finding_table"] == [
+        {
+            "submission_id": registered.submission_id,
+            "file_id": file_id(registered.inbox_keys[registered.raw_keys[0]]),
+            "finding": "overwritten",
+            "detail": "a later version sits at the key",
+        }
+    ]

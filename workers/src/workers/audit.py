@@ -13,6 +13,8 @@ Per recorded version (each data file and the manifest) it reports, by submission
 A raw file and its manifest rewritten to agree with each other are both flagged: each is a
 later version than the one recorded.
 
+By hand it exits 1 when it finds anything (its report printed all the same), 0 when it passed.
+
 With `--stuck` it reports the drops stuck past STUCK_AFTER_MINUTES instead (workers.recovery):
 the `no_stuck_drops` check of `inbox`, when an operator runs it from the UI (the sweeper
 records the same verdict on every change).
@@ -185,7 +187,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="newest N staged submissions")
         parser.add_argument("--stuck", action="store_true", help="report drops stuck past STUCK_AFTER_MINUTES instead")
 
-    return run_worker("audit", work, argv, arguments, description=__doc__)
+    verdicts: list[bool] = []
+
+    def judged(settings: Settings, params: Mapping[str, Any]) -> Metadata:
+        report = work(settings, params)
+        verdicts.append(bool(report["passed"]))
+        return report
+
+    code = run_worker("audit", judged, argv, arguments, description=__doc__)
+    # By hand, a finding is exit 1 (the report is printed all the same); under Pipes the check
+    # reads the verdict from the report, and the process succeeds.
+    by_hand = "--pipes" not in (sys.argv[1:] if argv is None else argv)
+    return 1 if code == 0 and by_hand and not all(verdicts) else code
 
 
 if __name__ == "__main__":

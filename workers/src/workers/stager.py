@@ -15,6 +15,7 @@ after a crash.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import sys
 from collections.abc import Iterable, Mapping
@@ -33,6 +34,7 @@ from workers.faults import checkpoint
 from workers.inbox import file_id
 from workers.manifest import Manifest
 from workers.raw_zone import RawVersion, current_version, protect, version_sha256, wanted
+from workers.registrar import load_manifest
 from workers.runtime import Metadata, WorkerError, describe_failure, run_worker
 from workers.settings import RetentionSettings, Settings, load_intake_settings, load_retention_settings
 from workers.store import NOT_FOUND, PRECONDITION_FAILED, S3Client, bare, error_code, make_s3_client, quoted
@@ -411,7 +413,63 @@ def report(
     }
 
 
+@dataclass(frozen=True)
+class Unadopted:
+    submission_id: str
+    file_id: str  # a data file's id, or "manifest"
+    reason: str
+
+
+def adopt_unrecorded(engine: Engine, s3: S3Client, bucket: str, retention: RetentionSettings) -> Metadata:
+    """Once, after a bucket migration (README "The bucket and the store check"): the staged files
+    and manifests with no recorded version get their current version locked and recorded, each
+    only if it holds the registered bytes (a manifest: the bytes its rows make). What does not is
+    listed by file id, left unlocked and unrecorded, and the run fails naming how many."""
+    adopted, refused = 0, []
+    with Session(engine) as session:
+        recorded = set(session.scalars(select(RawObject.key)))
+        staged = session.scalars(select(Submission).where(Submission.status == "staged")).all()
+        staged_files = session.scalars(select(SubmissionFile).where(SubmissionFile.staged_at.is_not(None))).all()
+        session.expunge_all()
+    candidates: list[tuple[str, str, str, str, int]] = [
+        (f.submission_id, file_id(f.inbox_key), f.raw_key, f.sha256, f.size_bytes)
+        for f in staged_files
+        if f.raw_key not in recorded
+    ]
+    for submission in staged:
+        if submission.manifest_key not in recorded:
+            body = load_manifest(engine, submission.submission_id)[1].to_bytes()
+            digest = hashlib.sha256(body).hexdigest()
+            candidates.append((submission.submission_id, "manifest", submission.manifest_key, digest, len(body)))
+    for submission_id, which, key, sha256, size in candidates:
+        version_id = current_version(s3, bucket, key)
+        if version_id is None:
+            refused.append(Unadopted(submission_id, which, "no current version at its key"))
+            continue
+        digest, written_at = version_sha256(s3, bucket, key, version_id)
+        if digest != sha256:
+            refused.append(Unadopted(submission_id, which, "the current version is not the registered bytes"))
+            continue
+        lock = protect(s3, bucket, key, version_id, wanted(retention, written_at))
+        kind = "manifest" if which == "manifest" else "data"
+        with Session(engine) as session, session.begin():
+            raw_zone.record(
+                session, RawVersion(submission_id, kind, key, version_id, digest, size, lock), file_id=which
+            )
+        adopted += 1
+    if refused:
+        first = refused[0]
+        raise WorkerError(
+            f"adopted {adopted}; {len(refused)} not adopted, first: submission {first.submission_id} "
+            f"{first.file_id}: {first.reason}; run `python -m workers.audit` for every one"
+        )
+    return {"adopted": adopted, "not_adopted": 0}
+
+
 def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
+    if params.get("adopt_unrecorded"):
+        with metadata_engine(settings.metadata_db_url) as engine:
+            return adopt_unrecorded(engine, make_s3_client(settings), settings.bucket, load_retention_settings())
     submission_id = params.get("submission_id")
     if not isinstance(submission_id, str) or not submission_id:
         raise WorkerError("submission_id is required (--submission-id, or the Pipes extra submission_id)")
@@ -432,6 +490,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--submission-id",
         help="the registered submission to stage (required when run by hand); "
         "RAW_PREFIX and STAGER_DELETE_INBOX come from the environment",
+    )
+    parser.add_argument(
+        "--adopt-unrecorded",
+        action="store_true",
+        help="once, after moving to a bucket with Object Lock: lock and record the staged copies and "
+        "manifests that have no recorded version, each only if it holds its registered bytes",
     )
 
 

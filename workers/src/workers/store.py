@@ -164,7 +164,9 @@ def unlocked_bucket_message(bucket: str) -> str:
         f" or: mc mirror local/{bucket} local/{new})\n"
         f"  3. switch:                MINIO_BUCKET={new} where the platform reads it (.env for Docker mode,"
         " the environment of ./dev_up.sh), then restart it\n"
-        "  4. audit the copy:        python -m workers.audit\n"
+        "  4. lock and record the copies of what was staged before (only those still holding their\n"
+        "     registered bytes; the rest are listed by file id): python -m workers.stager --adopt-unrecorded\n"
+        "  5. audit the copy:        python -m workers.audit\n"
         f"Keep {bucket} until the audit is clean."
     )
 
