@@ -120,6 +120,7 @@ def staged_state(env: dict[str, str], s3, grouping_key: str, expected: dict[str,
         + sum(1 for sub in subs if sub.manifest_key not in recorded_keys),
         "raw_unprotected": sum(not locked_as_recorded(s3, bucket, r) for r in recorded),
         "raw_extra_versions": len(versions) - len({v["Key"] for v in versions}),
+        "raw_versions_checked": len(recorded),
         "inbox_versions_left": len(list_versions(s3, bucket, grouping_key)),
     }
 

@@ -56,6 +56,12 @@ def write_report(counts: Ledger) -> None:
         ("drops converged after the object store was down past every retry", counts["outages_converged"]),
         ("poison drops stopped at the retry limit, shown as needing attention", counts["poison_drops_held"]),
         ("files checked after faults", counts["files_checked"]),
+        (
+            "raw versions checked after faults (recorded, locked as recorded, alone at their key)",
+            counts["raw_versions_checked"],
+        ),
+        ("raw versions unrecorded, unlocked or beside another version", counts["raw_versions_wrong"]),
+        ("inbox versions or delete markers left after staging", counts["inbox_versions_left"]),
         ("files lost", counts["files_lost"]),
         ("files duplicated", counts["files_duplicated"]),
         ("secrets or PHI sentinels found outside the object store", counts["secrets_found"]),
@@ -71,7 +77,8 @@ def write_report(counts: Ledger) -> None:
         "| --- | ---: |",
         *[f"| {what} | {count} |" for what, count in rows],
         "",
-        "Files lost, files duplicated and secrets found must be 0; the tests fail otherwise.",
+        "Files lost, files duplicated, raw versions wrong, inbox versions left and secrets found must be 0; "
+        "the tests fail otherwise.",
         "",
         "Crash points (`workers/faults.py`, point:pass): " + ", ".join(sorted(counts.points)),
         "",

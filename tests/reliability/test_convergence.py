@@ -176,10 +176,14 @@ def assert_exactly_once(platform: Platform, group: str, ledger) -> None:
     state = staged_state(platform.env(), platform.s3.client(), group, FILES)
     ledger.update(files_checked=state["files_checked"], files_lost=state["files_lost"])
     ledger.update(files_duplicated=state["files_duplicated"])
+    wrong = state["raw_unrecorded"] + state["raw_unprotected"] + state["raw_extra_versions"]
+    ledger.update(raw_versions_checked=state["raw_versions_checked"], raw_versions_wrong=wrong)
+    ledger.update(inbox_versions_left=state["inbox_versions_left"])
     assert (state["submissions"], state["staged_submissions"]) == (1, 1), state
     assert (state["files_lost"], state["files_duplicated"]) == (0, 0), state
     assert state["manifests_ok"], state
     assert (state["inbox_left"], state["inbox_rows_unremoved"]) == (0, 0), state
+    assert (wrong, state["inbox_versions_left"]) == (0, 0), state
 
 
 @pytest.mark.parametrize("point", ["classifier.classified:1", "registrar.committed:1", "stager.copied:2"])

@@ -77,6 +77,9 @@ def test_every_crash_point_ends_with_each_file_staged_exactly_once(pg_platform, 
         ledger.update(crash_trials=1, files_checked=state["files_checked"])
         ledger.update(files_lost=state["files_lost"], files_duplicated=state["files_duplicated"])
         ledger.points.add(point)
+        wrong = state["raw_unrecorded"] + state["raw_unprotected"] + state["raw_extra_versions"]
+        ledger.update(raw_versions_checked=state["raw_versions_checked"], raw_versions_wrong=wrong)
+        ledger.update(inbox_versions_left=state["inbox_versions_left"])
         assert (state["submissions"], state["staged_submissions"]) == (1, 1), (point, state)
         assert (state["files_lost"], state["files_duplicated"]) == (0, 0), (point, state)
         assert state["manifests_ok"], point
