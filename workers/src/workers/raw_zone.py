@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from botocore.exceptions import ClientError
-from sqlalchemy import select
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from workers.db import RawObject
@@ -127,6 +129,7 @@ class RawVersion:
     """One raw object's version as written, locked and recorded."""
 
     submission_id: str
+    file_id: str  # a data file's id, or "manifest": what messages name instead of the key
     kind: str  # manifest | data
     key: str
     version_id: str
@@ -148,19 +151,36 @@ class RawVersion:
         )
 
 
-def record(session: Session, version: RawVersion, *, file_id: str) -> None:
-    """Add `version` to raw_object in the caller's transaction, unless that exact version is
-    recorded already; a key recorded with another version is refused (a recorded version is
-    never rewritten)."""
-    recorded = session.scalar(select(RawObject).where(RawObject.key == version.key))
-    if recorded is None:
-        session.add(version.row())
-        return
-    if recorded.version_id != version.version_id:
-        raise WorkerError(
-            f"submission {version.submission_id} {file_id}: the raw zone holds version {version.version_id} "
-            f"but version {recorded.version_id} is recorded; run `python -m workers.audit`"
-        )
+def record(session: Session, versions: Sequence[RawVersion]) -> None:
+    """Add `versions` to raw_object in the caller's transaction, except those recorded already; a
+    key recorded with another version is refused (a recorded version is never rewritten)."""
+    keys = [v.key for v in versions]
+    rows = session.execute(select(RawObject.key, RawObject.version_id).where(RawObject.key.in_(keys)))
+    recorded: dict[str, str] = {key: version_id for key, version_id in rows}
+    for version in versions:
+        have = recorded.get(version.key)
+        if have is None:
+            session.add(version.row())
+        elif have != version.version_id:
+            raise WorkerError(
+                f"submission {version.submission_id} {version.file_id}: the raw zone holds version "
+                f"{version.version_id} but version {have} is recorded; run `python -m workers.audit`"
+            )
+
+
+def record_with(engine: Engine, versions: Sequence[RawVersion], change: Callable[[Session], object]) -> None:
+    """`record(versions)` and `change(session)` in one transaction. Two workers racing on the same
+    object (two registrars on one manifest, two stagers on one file) both find the same version;
+    the one whose insert loses is retried once, and then finds that version recorded."""
+    for attempt in (1, 2):
+        try:
+            with Session(engine) as session, session.begin():
+                record(session, versions)
+                change(session)
+            return
+        except IntegrityError:
+            if attempt == 2:
+                raise
 
 
 def version_sha256(s3: S3Client, bucket: str, key: str, version_id: str) -> tuple[str, datetime]:

@@ -361,12 +361,14 @@ def ensure_manifest(
     lock = raw_zone.protect(s3, bucket, key, version_id, raw_zone.wanted(retention, existing["LastModified"]))
     checkpoint("registrar.retention_set")
     version = raw_zone.RawVersion(
-        submission_id, "manifest", key, version_id, hashlib.sha256(body).hexdigest(), len(body), lock
+        submission_id, "manifest", "manifest", key, version_id, hashlib.sha256(body).hexdigest(), len(body), lock
     )
-    with Session(engine) as session, session.begin():
-        raw_zone.record(session, version, file_id="manifest")
+
+    def mark_written(session: Session) -> None:
         row = submission_row(session, submission_id)
         row.manifest_written_at = row.manifest_written_at or utcnow()
+
+    raw_zone.record_with(engine, [version], mark_written)
     checkpoint("registrar.manifest_recorded")
     return manifest
 

@@ -18,14 +18,13 @@ import argparse
 import hashlib
 import math
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
 from sqlalchemy import Engine, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from workers import raw_zone
@@ -49,6 +48,8 @@ MAX_PARTS = 10_000
 FILE_WORKERS = 4
 PART_WORKERS = 2
 CLEANUP_WORKERS = 8
+# Verified files recorded per transaction: one commit per file held the pool back on small files.
+MARK_BATCH = 64
 READ_CHUNK = MiB
 
 
@@ -180,21 +181,33 @@ def check_manifest(manifest: Manifest, submission: Submission, files: list[Submi
 
 
 def copy_files(engine: Engine, copier: Copier, files: list[SubmissionFile], workers: int) -> list[StagedFile]:
-    """Stage the files not yet marked, in parallel; record each as verified, then fail on any refusal."""
+    """Stage the files not yet marked, in parallel; record the verified ones in batches, then fail
+    on any refusal. A run stopped before a batch is recorded finds those copies again (the
+    create-only copy is refused, the version there is verified) and records them."""
     done = [StagedFile(f.inbox_key, f.raw_key, f.size_bytes, f.sha256, copied=False) for f in files if f.staged_at]
     failures: list[str] = []
+    verified: list[StagedFile] = []
+
+    def mark_verified() -> None:
+        if verified:
+            mark_files_staged(engine, verified)
+            for staged in verified:
+                checkpoint("stager.marked")
+                done.append(staged)
+            verified.clear()
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stager") as pool:
         futures = [pool.submit(stage_file, copier, f) for f in files if not f.staged_at]
         for future in as_completed(futures):
             try:
-                staged = future.result()
+                verified.append(future.result())
             except Exception as exc:  # noqa: BLE001 - reported together once every file has had its try
                 failures.append(describe_failure(exc, None))
                 continue
             checkpoint("stager.verified")
-            mark_file_staged(engine, staged)
-            checkpoint("stager.marked")
-            done.append(staged)
+            if len(verified) >= MARK_BATCH:
+                mark_verified()
+    mark_verified()
     if failures:
         raise WorkerError(f"{len(failures)} of {len(files)} files not staged; first: {sorted(failures)[0]}")
     return sorted(done, key=lambda s: s.raw_key)
@@ -238,7 +251,9 @@ def verify_and_lock(copier: Copier, file: SubmissionFile, version_id: str, *, co
         )
     lock = protect(s3, bucket, file.raw_key, version_id, wanted(copier.retention, written_at), fresh=copied)
     checkpoint("stager.retention_set")
-    version = RawVersion(copier.submission_id, "data", file.raw_key, version_id, digest, file.size_bytes, lock)
+    version = RawVersion(
+        copier.submission_id, file_id(file.inbox_key), "data", file.raw_key, version_id, digest, file.size_bytes, lock
+    )
     return StagedFile(file.inbox_key, file.raw_key, file.size_bytes, file.sha256, copied=copied, version=version)
 
 
@@ -289,23 +304,18 @@ def create_only_copy(
     return completed["VersionId"]
 
 
-def mark_file_staged(engine: Engine, staged: StagedFile) -> None:
-    """Record the raw version and mark the file staged, in one transaction."""
-    for attempt in (1, 2):
-        try:
-            with Session(engine) as session, session.begin():
-                if staged.version is not None:
-                    raw_zone.record(session, staged.version, file_id=file_id(staged.inbox_key))
-                session.execute(
-                    update(SubmissionFile)
-                    .where(SubmissionFile.raw_key == staged.raw_key, SubmissionFile.staged_at.is_(None))
-                    .values(staged_at=utcnow())
-                )
-            return
-        except IntegrityError:
-            # A concurrent stager recorded the same key first: the second try compares versions.
-            if attempt == 2:
-                raise
+def mark_files_staged(engine: Engine, staged: Sequence[StagedFile]) -> None:
+    """Record the raw versions and mark the files staged, in one transaction."""
+    versions = [s.version for s in staged if s.version is not None]
+    raw_zone.record_with(
+        engine,
+        versions,
+        lambda session: session.execute(
+            update(SubmissionFile)
+            .where(SubmissionFile.raw_key.in_([s.raw_key for s in staged]), SubmissionFile.staged_at.is_(None))
+            .values(staged_at=utcnow())
+        ),
+    )
 
 
 def mark_submission_staged(engine: Engine, submission_id: str) -> None:
@@ -452,10 +462,8 @@ def adopt_unrecorded(engine: Engine, s3: S3Client, bucket: str, retention: Reten
             continue
         lock = protect(s3, bucket, key, version_id, wanted(retention, written_at))
         kind = "manifest" if which == "manifest" else "data"
-        with Session(engine) as session, session.begin():
-            raw_zone.record(
-                session, RawVersion(submission_id, kind, key, version_id, digest, size, lock), file_id=which
-            )
+        version = RawVersion(submission_id, which, kind, key, version_id, digest, size, lock)
+        raw_zone.record_with(engine, [version], lambda session: None)
         adopted += 1
     if refused:
         first = refused[0]
