@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from workers.db import make_engine
 from workers.settings import SettingsError, load_metadata_db_url
 
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
@@ -279,7 +280,7 @@ def check_role(engine: Engine, db_role: str) -> list[Probe]:
 def check(env: Mapping[str, str]) -> dict[str, list[Probe]]:
     report = {}
     for db_role in DB_GRANTS:
-        engine = sa.create_engine(required_url(db_role, env), hide_parameters=True)
+        engine = make_engine(required_url(db_role, env))
         try:
             report[db_role] = check_role(engine, db_role)
         finally:
@@ -294,8 +295,10 @@ def admin_engine(env: Mapping[str, str]) -> Engine:
     url = load_metadata_db_url(env)
     if sa.make_url(url).get_backend_name() != "postgresql":
         raise SettingsError("METADATA_DB_URL is not Postgres: SQLite (dev mode) has no roles to apply")
-    # hide_parameters: a failing ALTER ROLE must not print the password it was given.
-    return sa.create_engine(url, hide_parameters=True)
+    # make_engine: hide_parameters (a failing ALTER ROLE must not print the password it was
+    # given), and connecting retried: a set-up step re-run by `docker-compose up -d` may start
+    # before the database's name resolves again (seen on Podman).
+    return make_engine(url)
 
 
 def print_check(report: Mapping[str, list[Probe]]) -> int:

@@ -44,7 +44,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from workers.catalogue import WORKERS
 from workers.settings import Settings, SettingsError, load_intake_settings, load_settings
-from workers.store import S3Client, error_code, make_s3_client
+from workers.store import S3Client, StoreUnreachable, error_code, make_s3_client, when_store_answers
 
 BOOTSTRAP_PREFIX = "bootstrap/"
 VERBS = (
@@ -496,7 +496,8 @@ def check(env: Mapping[str, str], client_for) -> Iterator[tuple[str, Probe]]:
     settings = load_settings(env)
     areas = Areas.from_env(env)
     root = client_for(settings, (settings.s3_access_key, settings.s3_secret_key))
-    server = server_of(root, settings.bucket)
+    # Run again by `docker-compose up -d`, the check may start before the store's name resolves.
+    server = when_store_answers(lambda: server_of(root, settings.bucket), settings.endpoint_host)
     scratch = Scratch(root, settings.bucket)
     try:
         for role in GRANTS:
@@ -545,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
         except (CheckError, ClientError, BotoCoreError) as exc:
             print(f"roles: {stopped(exc)}", file=sys.stderr)
             return 1
+        except StoreUnreachable as exc:
+            print(f"roles: {exc}", file=sys.stderr)
+            return 2
         finally:
             if wrong:
                 print(f"roles: {wrong} probe(s) not as granted", file=sys.stderr)
