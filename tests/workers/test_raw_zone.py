@@ -29,7 +29,7 @@ def client(server, keys: tuple[str, str]):
 def test_a_lock_is_dated_from_the_write_rounded_up_to_the_second():
     written = datetime(2026, 12, 6, 1, 2, 3, 400_000, tzinfo=UTC)
     lock = raw_zone.wanted(RetentionSettings("COMPLIANCE", 10, False), written)
-    assert lock == Lock("COMPLIANCE", datetime(2026, 12, 16, 1, 2, 4, tzinfo=UTC), False)
+    assert lock == Lock("COMPLIANCE", datetime(2026, 12, 16, 1, 2, 5, tzinfo=UTC), False)
     assert whole_second_up(written.replace(microsecond=0)) == written.replace(microsecond=0)
 
 

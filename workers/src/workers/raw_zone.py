@@ -63,7 +63,9 @@ def whole_second_up(moment: datetime) -> datetime:
 
 def wanted(retention: RetentionSettings, written_at: datetime) -> Lock:
     """The lock a version written at `written_at` must carry."""
-    return Lock(retention.mode, whole_second_up(written_at) + timedelta(days=retention.days), retention.legal_hold)
+    # One second more: SeaweedFS can date one version a second apart on a GET and a HEAD.
+    until = whole_second_up(written_at) + timedelta(days=retention.days, seconds=1)
+    return Lock(retention.mode, until, retention.legal_hold)
 
 
 def put_arguments(lock: Lock) -> dict[str, str | datetime]:
