@@ -12,6 +12,22 @@ inbox = dg.AssetSpec(
     ),
 )
 
+# Partners are few and drops many: a partition per submitter, added when its first drop is registered.
+submitters = dg.DynamicPartitionsDefinition(name="submitters")
+
+submissions = dg.AssetSpec(
+    "submissions",
+    group_name="intake",
+    kinds={"postgres"},
+    deps=[inbox, "sync_layout_registry"],  # files are classified by the synced layouts
+    partitions_def=submitters,
+    description=(
+        "Registered submissions (the submission table), partitioned by submitter: each registration, "
+        "duplicate or staging reports a materialization of the submitter's partition with the "
+        "submission id, file count, bytes, file types, duplicates and rejections."
+    ),
+)
+
 
 @dg.asset(
     group_name="intake",

@@ -1,5 +1,6 @@
 import dagster as dg
 
+from orchestrator.defs.intake import assets
 from orchestrator.defs.intake.jobs import as_metadata
 from orchestrator.defs.resources import WorkerLauncher
 
@@ -7,6 +8,7 @@ raw_zone = dg.AssetSpec(
     "raw_zone",
     group_name="intake",
     kinds={"s3"},
+    deps=[assets.submissions],
     description="The immutable raw zone: raw/{submitter_id}/{file_type}/{submission_id}/..., written by the stager.",
 )
 

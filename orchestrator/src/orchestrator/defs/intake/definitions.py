@@ -3,7 +3,7 @@ import dagster as dg
 from orchestrator.defs.intake import assets, checks, jobs, sensors, sweeper
 
 defs = dg.Definitions(
-    assets=[*dg.load_assets_from_modules([assets]), assets.inbox, checks.raw_zone],
+    assets=[*dg.load_assets_from_modules([assets]), assets.inbox, assets.submissions, checks.raw_zone],
     asset_checks=[checks.raw_copies_match_manifests, checks.no_stuck_drops],
     jobs=[jobs.register_submission_from_group_job, jobs.stage_submission_job],
     sensors=[sensors.inbox_discovery_sensor, sweeper.intake_sweeper],
