@@ -118,7 +118,7 @@ def stage_submission(
         checkpoint("stager.submission_staged")
     removed, kept = clean_inbox(engine, s3, bucket, submission_id) if delete_inbox else (0, 0)
     status = "duplicate" if submission.status == "duplicate" else "staged"
-    return report(submission_id, staged, removed, kept, status)
+    return report(submission, files, staged, removed, kept, status)
 
 
 def load_submission(engine: Engine, submission_id: str, raw_root: str) -> tuple[Submission, list[SubmissionFile]]:
@@ -405,13 +405,26 @@ def mark_inbox_removed(engine: Engine, inbox_object_id: int, version_id: str | N
 
 
 def report(
-    submission_id: str, staged: Iterable[StagedFile], removed: int, kept: int, status: str = "staged"
+    submission: Submission,
+    files: Sequence[SubmissionFile],
+    staged: Iterable[StagedFile],
+    removed: int,
+    kept: int,
+    status: str = "staged",
 ) -> Metadata:
+    """What was staged, and what the submission is (its submitter, size and file types: the
+    orchestrator reports them on the submitter's partition of the submissions asset)."""
     staged = list(staged)
     copied = [s for s in staged if s.copied]
     return {
-        "submission_id": submission_id,
+        "submission_id": submission.submission_id,
         "status": status,
+        "submitter_id": submission.submitter_id,
+        "file_type": submission.file_type,
+        "file_types": sorted({f.file_type for f in files}),
+        "file_count": submission.file_count,
+        "total_bytes": submission.total_bytes,
+        "duplicate_of": submission.duplicate_of or "",
         "files_copied": len(copied),
         "files_already_staged": len(staged) - len(copied),
         "bytes_copied": sum(s.size_bytes for s in copied),
