@@ -30,10 +30,15 @@ ops:
 GROUP = "inbox/acme/unknown/drop-001/"
 
 
-def run_job(run_config: dict) -> dg.ExecuteInProcessResult:
+def run_job(run_config: dict, instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
     return register_submission_from_group_job.execute_in_process(
-        run_config=run_config, resources={"launcher": WorkerLauncher()}, raise_on_error=False
+        run_config=run_config, resources={"launcher": WorkerLauncher()}, raise_on_error=False, instance=instance
     )
+
+
+def group_config(grouping_key: str) -> dict:
+    config = {"grouping_key": grouping_key, "grouping_method": "MARKER_FILE"}
+    return {"ops": {"register_submission_from_group": {"config": config}}}
 
 
 def output_metadata(result: dg.ExecuteInProcessResult, op: str) -> dict:
@@ -104,6 +109,44 @@ def test_the_seed_run_config_registers_and_stages_the_group(synced_layouts, s3_s
             == "staged"
         )
     engine.dispose()
+
+
+@pytest.mark.dagster_runs
+def test_each_delivery_is_listed_in_its_submitters_partition_of_the_submissions_asset(synced_layouts, s3_server):
+    s3 = s3_server.client()
+    body = b"member,amount\n1,2\n"
+    again, empty = "inbox/acme/unknown/drop-002/", "inbox/acme/unknown/drop-003/"
+    drop_files(s3, synced_layouts.bucket, GROUP, {"medical_claims.csv": body})
+    drop_files(s3, synced_layouts.bucket, again, {"medical_claims.csv": body})  # the same bytes again
+    drop_files(s3, synced_layouts.bucket, empty, {})  # a marker alone
+    instance = dg.DagsterInstance.ephemeral()
+
+    first = output_metadata(run_job(group_config(GROUP), instance), "register_submission_from_group")
+    second = output_metadata(run_job(group_config(again), instance), "register_submission_from_group")
+    assert run_job(group_config(empty), instance).success
+
+    assert instance.get_dynamic_partitions("submitters") == ["acme"]
+    records = instance.fetch_materializations(dg.AssetKey("submissions"), limit=10, ascending=True).records
+    shown = [
+        (r.asset_materialization.partition, {k: v.value for k, v in r.asset_materialization.metadata.items()})
+        for r in records
+    ]
+    expected = [
+        (first["submission_id"], "registered"),
+        (first["submission_id"], "staged"),
+        (second["submission_id"], "duplicate"),
+        (second["submission_id"], "duplicate"),
+    ]
+    assert [(m["submission_id"], m["status"]) for _, m in shown] == expected
+    assert {partition for partition, _ in shown} == {"acme"}
+    for _, metadata in shown:
+        assert metadata["file_count"] == 1 and metadata["total_bytes"] == len(body)
+        assert metadata["file_types"] == "medical_claims" and metadata["rejections"] == 0
+    assert shown[2][1]["duplicate_of"] == first["submission_id"]
+    (observation,) = instance.fetch_observations(dg.AssetKey("submissions"), limit=10).records
+    assert observation.asset_observation.partition == "acme"
+    assert observation.asset_observation.metadata["rejections"].value == 1
+    assert observation.asset_observation.metadata["group_id"].value == group_id(empty)
 
 
 @pytest.mark.dagster_runs

@@ -70,6 +70,7 @@ def register(context: dg.OpExecutionContext, config: GroupConfig, launcher: Work
     registered = launcher.run(context=context, worker="registrar", extras=extras)
     if registered.get("rejections"):
         context.log_event(rejections_observed(registered["rejections"]))
+    report_submission(context, registered)
     if not registered.get("submission_id"):
         context.log.warning(
             f"nothing registered for group {group_id(config.grouping_key)} of {registered.get('submitter_id')}: "
@@ -106,6 +107,50 @@ def stage(context: dg.OpExecutionContext, submission_id: str, launcher: WorkerLa
     with step_retries(context):
         staged = launcher.run(context=context, worker="stager", extras={"submission_id": submission_id})
     context.add_output_metadata(as_metadata(staged))
+    report_submission(context, staged)
+
+
+# What a submission's entry in the catalog shows (submissions asset, the submitter's partition).
+SUBMISSION_FIELDS = ("submission_id", "status", "file_type", "file_count", "total_bytes", "duplicate_of", "group_id")
+
+
+def report_submission(context: dg.OpExecutionContext, report: dict) -> None:
+    """The submission table changed for a submitter: a registration (registered or duplicate) or a
+    staging reports a materialization of the submitter's partition of the submissions asset, so
+    Catalog -> submissions -> {submitter} lists each delivery. A group that registered nothing but
+    had objects rejected is an observation of that partition (the rejections are on the inbox too)."""
+    submitter = report.get("submitter_id")
+    if not submitter:
+        return
+    rejections = len(report.get("rejections") or [])
+    try:
+        if not context.instance.has_dynamic_partition(assets.submitters.name, submitter):
+            context.instance.add_dynamic_partitions(assets.submitters.name, [submitter])
+    except dg.DagsterInvariantViolationError as error:  # a key Dagster cannot take as a partition
+        context.log.warning(f"submitter not shown in the catalog's submissions partitions: {error}")
+        return
+    if not report.get("submission_id"):
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=assets.submissions.key,
+                partition=submitter,
+                description=f"nothing registered: {report.get('reason', 'every object rejected')}",
+                metadata={"rejections": rejections, "group_id": report.get("group_id", "")},
+            )
+        )
+        return
+    file_types = report.get("file_types") or sorted({f["file_type"] for f in report.get("file_table") or []})
+    metadata: dict[str, dg.RawMetadataValue] = {k: report[k] for k in SUBMISSION_FIELDS if k in report}
+    metadata["file_types"] = ", ".join(file_types)
+    metadata["rejections"] = rejections
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=assets.submissions.key,
+            partition=submitter,
+            description=f"submission {report['submission_id']} {report['status']}",
+            metadata=metadata,
+        )
+    )
 
 
 @contextmanager
