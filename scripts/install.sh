@@ -13,6 +13,6 @@ stamp=$(cat constraints.txt workers/pyproject.toml orchestrator/pyproject.toml |
 if [ "$(cat .venv/.installed 2>/dev/null)" != "$stamp" ]; then
   echo "install: installing into .venv (pinned by constraints.txt)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check \
-    -c constraints.txt -e ./workers -e "./orchestrator[dev]"
+    -c constraints.txt -e "./workers[test]" -e "./orchestrator[dev]"
   echo "$stamp" > .venv/.installed
 fi

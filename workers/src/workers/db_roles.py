@@ -59,11 +59,13 @@ DB_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "raw_object": ("SELECT", "INSERT"),
     },
     # Marks files, submissions and removed inbox objects, and records each raw copy's locked
-    # version; it deletes no row, and rewrites no recorded version.
+    # version; it deletes no row, and rewrites no recorded version. Reads the group's rejections
+    # for the partner's receipt.
     "stager": {
         "submission": ("SELECT", "UPDATE"),
         "submission_file": ("SELECT", "UPDATE"),
         "inbox_object": ("SELECT", "UPDATE"),
+        "inbox_rejection": ("SELECT",),
         "raw_object": ("SELECT", "INSERT"),
     },
     # The raw zone audit (recorded versions against the store), and the no_stuck_drops check

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from workers import classifier, discovery, raw_zone
+from workers import classifier, discovery, raw_zone, receipts
 from workers.classifier import ClassifiedFile
 from workers.db import InboxObject as InboxObjectRow
 from workers.db import Submission, SubmissionFile, metadata_engine, utcnow
@@ -95,9 +95,8 @@ def register(
     rejections = [(obj, f"raw key would exceed {MAX_KEY_BYTES} bytes", group.grouping_key) for obj in too_long]
     if not new_files and not known:
         marker = [obj for obj in observed if obj.key == group.marker_key(intake.marker_file)]
-        new = record_rejections(
-            engine, rejections + [(m, "completion marker without data files", group.grouping_key) for m in marker]
-        )
+        rejections += [(m, "completion marker without data files", group.grouping_key) for m in marker]
+        new = record_rejections(engine, rejections)
         reason = "the group holds no data files" if not too_long else "no file could be registered"
         return {
             "submission_id": None,
@@ -105,6 +104,7 @@ def register(
             "submitter_id": group.submitter_id,
             "reason": reason,
             "rejections": [asdict(r) for r in new],
+            **rejection_receipt(engine, s3, bucket, group, [obj for obj, _, _ in rejections], observed),
         }
     new = record_rejections(engine, rejections)
     if new_files:
@@ -112,8 +112,36 @@ def register(
     else:
         submission_id, created = _latest(engine, set(known.values())), False
     manifest = ensure_manifest(engine, s3, bucket, submission_id)
+    result = report(engine, manifest, created)
+    if result["status"] == "duplicate":
+        receipt = receipts.deliver(s3, bucket, receipts.for_submission(engine, submission_id))
+    elif not new_files and rejections:
+        # Content registered before, and files rejected now: no submission holds them.
+        receipt = rejection_receipt(engine, s3, bucket, group, [obj for obj, _, _ in rejections], observed)
+    else:
+        receipt = NO_RECEIPT  # the stager sends the submission's once it is staged
     # Files of the group left out (recorded in inbox_rejection) travel with the report, for the UI.
-    return {**report(engine, manifest, created), "rejections": [asdict(r) for r in new]}
+    return {**result, "rejections": [asdict(r) for r in new], **receipt}
+
+
+# What a registration that leaves the receipt to the stager reports.
+NO_RECEIPT: Metadata = {"receipt_id": "", "receipt": "none", "receipt_error": ""}
+
+
+def rejection_receipt(
+    engine: Engine,
+    s3: S3Client,
+    bucket: str,
+    group: Group,
+    rejected: Sequence[InboxObject],
+    observed: Sequence[InboxObject],
+) -> Metadata:
+    """The receipt for rejected objects no submission holds; none when nothing was rejected."""
+    if not rejected:
+        return NO_RECEIPT
+    listed = {obj.key: obj for obj in observed}  # with their upload times, which a classified file lacks
+    objects = [listed.get(obj.key, obj) for obj in rejected]
+    return receipts.deliver(s3, bucket, receipts.for_rejections(engine, group, objects))
 
 
 def split_too_long(

@@ -8,8 +8,8 @@ version is then read back, locked (Object Lock, RAW_RETENTION_*: the copy itself
 every store) and recorded in `raw_object` in the same transaction that marks the file staged.
 Once every file is staged the submission is "staged"; then, unless STAGER_DELETE_INBOX is false,
 the inbox versions its registration observed are deleted by VersionId, with the older versions
-and delete markers at the same key, so a versioned inbox keeps no leftovers. Safe to re-run
-after a crash.
+and delete markers at the same key, so a versioned inbox keeps no leftovers. Last, the partner's
+receipt goes to their outbox (workers.receipts). Safe to re-run after a crash.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from workers import raw_zone
+from workers import raw_zone, receipts
 from workers.db import InboxObject, RawObject, Submission, SubmissionFile, metadata_engine, utcnow
 from workers.faults import checkpoint
 from workers.inbox import file_id
@@ -97,8 +97,8 @@ def stage_submission(
     file_workers: int = FILE_WORKERS,
     retention: RetentionSettings | None = None,
 ) -> Metadata:
-    """Stage one registered submission; an already-staged one only gets its inbox cleanup.
-    `retention` defaults to the RAW_RETENTION_* settings."""
+    """Stage one registered submission; an already-staged one only gets its inbox cleanup and its
+    receipt (sent last, failing safe). `retention` defaults to the RAW_RETENTION_* settings."""
     submission, files = load_submission(engine, submission_id, raw_root)
     if submission.status not in ("registered", "staged", "duplicate"):
         raise WorkerError(f"submission {submission_id} is {submission.status!r}; only a registered one is staged")
@@ -118,7 +118,8 @@ def stage_submission(
         checkpoint("stager.submission_staged")
     removed, kept = clean_inbox(engine, s3, bucket, submission_id) if delete_inbox else (0, 0)
     status = "duplicate" if submission.status == "duplicate" else "staged"
-    return report(submission, files, staged, removed, kept, status)
+    receipt = receipts.deliver(s3, bucket, receipts.for_submission(engine, submission_id))
+    return {**report(submission, files, staged, removed, kept, status), **receipt}
 
 
 def load_submission(engine: Engine, submission_id: str, raw_root: str) -> tuple[Submission, list[SubmissionFile]]:
