@@ -38,3 +38,12 @@ def test_constraints_follow_the_naming_convention(postgres_url):
     pk = sa.inspect(engine).get_pk_constraint("bootstrap_heartbeat")
     engine.dispose()
     assert pk["name"] == "pk_bootstrap_heartbeat"
+
+
+def test_0006_adds_feed_registry_and_its_downgrade_removes_it_alone(db_url):
+    migrate(db_url)
+    assert "feed_registry" in table_names(db_url)
+    command.downgrade(alembic_config(db_url), "0005")
+    assert "feed_registry" not in table_names(db_url) and "raw_object" in table_names(db_url)
+    migrate(db_url)
+    assert "feed_registry" in table_names(db_url)

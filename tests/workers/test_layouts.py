@@ -87,10 +87,11 @@ def test_a_layout_dropped_from_the_file_is_retired_not_deleted_and_can_return(mi
 
 
 def test_standalone_sync_reports_counts(platform_env, tmp_path):
-    path = tmp_path / "layouts.json"
+    path, feeds = tmp_path / "layouts.json", tmp_path / "feeds.json"
     path.write_text(json.dumps({"registry_version": 7, "layouts": [A, B]}))
+    feeds.write_text(json.dumps({"registry_version": 1, "feeds": []}))  # the packaged feeds' types are not alpha, beta
     done = subprocess.run(
-        [sys.executable, "-m", "workers.layouts", "--definitions", str(path)],
+        [sys.executable, "-m", "workers.layouts", "--definitions", str(path), "--feeds", str(feeds)],
         env=os.environ.copy(),
         capture_output=True,
         text=True,

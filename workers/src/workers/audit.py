@@ -17,7 +17,9 @@ By hand it exits 1 when it finds anything (its report printed all the same), 0 w
 
 With `--stuck` it reports the drops stuck past STUCK_AFTER_MINUTES instead (workers.recovery):
 the `no_stuck_drops` check of `inbox`, when an operator runs it from the UI (the sweeper
-records the same verdict on every change).
+records the same verdict on every change). With `--feeds` it judges the expected deliveries
+(workers.feeds): the `feed_*` checks of `submissions`, run from the UI (feed_freshness_sensor
+records the same verdicts on every change).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from botocore.exceptions import ClientError
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from workers import feeds
 from workers.db import RawObject, Submission, SubmissionFile, metadata_engine, utcnow
 from workers.inbox import file_id
 from workers.manifest import Manifest
@@ -178,6 +181,8 @@ def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
     with metadata_engine(settings.metadata_db_url) as engine:
         if params.get("stuck"):
             return stuck_report(engine, timedelta(minutes=load_recovery_settings().stuck_after_minutes))
+        if params.get("feeds"):
+            return feeds.report(engine, feeds.packaged_feeds())
         limit = int(params.get("limit") or DEFAULT_LIMIT)
         return audit(engine=engine, s3=make_s3_client(settings), bucket=settings.bucket, limit=limit)
 
@@ -186,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     def arguments(parser):
         parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="newest N staged submissions")
         parser.add_argument("--stuck", action="store_true", help="report drops stuck past STUCK_AFTER_MINUTES instead")
+        parser.add_argument("--feeds", action="store_true", help="judge the expected deliveries (feeds) instead")
 
     verdicts: list[bool] = []
 

@@ -188,6 +188,23 @@ class LayoutRegistry(Base):
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class FeedRegistry(Base):
+    """One row per feed id, synced from the versioned feed_definitions.json; retired, never deleted."""
+
+    __tablename__ = "feed_registry"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    feed_id: Mapped[str] = mapped_column(String(63), unique=True)
+    submitter_id: Mapped[str] = mapped_column(String(200))
+    file_type: Mapped[str] = mapped_column(String(200))
+    cadence: Mapped[str] = mapped_column(String(200))  # cron, UTC: each tick is a due time
+    grace: Mapped[str] = mapped_column(String(40))  # ISO-8601 duration
+    early: Mapped[str | None] = mapped_column(String(40))  # ISO-8601 duration; None: since the previous due time
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    synced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Submission(Base):
     """A complete group, registered once per distinct content (grouping_key + content_hash)."""
 

@@ -38,15 +38,16 @@ SCHEMA = "public"
 DB_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     # The Dagster daemon's sensors: the inbox sensor records keys that form no group and counts
     # what is on record; the sweeper finds registered submissions left unstaged and keeps
-    # drop_recovery (it never deletes a row).
+    # drop_recovery (it never deletes a row); the feed freshness sensor reads when each
+    # submitter's submissions of each type were registered.
     "sensor": {
         "inbox_rejection": ("SELECT", "INSERT", "UPDATE"),
         "submission": ("SELECT",),
         "drop_recovery": ("SELECT", "INSERT", "UPDATE"),
     },
     "heartbeat": {"bootstrap_heartbeat": ("SELECT", "INSERT")},
-    # Layouts are retired, never deleted.
-    "layouts": {"layout_registry": ("SELECT", "INSERT", "UPDATE")},
+    # Layouts and feeds are retired, never deleted.
+    "layouts": {"layout_registry": ("SELECT", "INSERT", "UPDATE"), "feed_registry": ("SELECT", "INSERT", "UPDATE")},
     "classifier": {"layout_registry": ("SELECT",)},
     "registrar": {
         # Run by hand, the registrar classifies the group first.
@@ -68,8 +69,8 @@ DB_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "inbox_rejection": ("SELECT",),
         "raw_object": ("SELECT", "INSERT"),
     },
-    # The raw zone audit (recorded versions against the store), and the no_stuck_drops check
-    # when it is run from the UI.
+    # The raw zone audit (recorded versions against the store), and the no_stuck_drops and
+    # feed_* checks when they are run from the UI.
     "auditor": {
         "submission": ("SELECT",),
         "submission_file": ("SELECT",),

@@ -1,4 +1,5 @@
-"""Layout registry sync: loads the versioned layout_definitions.json into layout_registry.
+"""Layout registry sync: loads the versioned layout_definitions.json into layout_registry, and
+feed_definitions.json (the expected deliveries, workers.feeds) into feed_registry.
 
 Idempotent. A layout missing from the file is retired (kept, marked inactive), never deleted,
 so every past classification stays explainable. Changing a layout without bumping its version
@@ -18,6 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from workers import feeds
 from workers.db import LayoutRegistry, metadata_engine, utcnow
 from workers.runtime import Metadata, WorkerError, run_worker
 from workers.settings import Settings
@@ -102,18 +104,33 @@ def active_layouts(engine: Engine) -> list[Layout]:
         return [Layout(**{f: getattr(row, f) for f in FIELDS}) for row in rows]
 
 
+def file_types(layouts: Sequence[Layout]) -> set[str]:
+    return {layout.file_type for layout in layouts}
+
+
 def work(settings: Settings, params: Mapping[str, Any]) -> Metadata:
-    path = params.get("definitions")
-    text = Path(path).read_text() if path else packaged_definitions()
-    registry_version, layouts = parse_definitions(text)
+    path, feeds_path = params.get("definitions"), params.get("feeds")
+    registry_version, layouts = parse_definitions(Path(path).read_text() if path else packaged_definitions())
+    feeds_text = Path(feeds_path).read_text() if feeds_path else feeds.packaged_definitions()
+    # Both files are refused before either registry is written; a feed must name a type a layout classifies.
+    feeds_version, expected = feeds.parse_definitions(feeds_text, file_types(layouts))
     with metadata_engine(settings.metadata_db_url) as engine:
         counts = sync(engine, layouts)
-    return {**counts, "active": len(layouts), "registry_version": registry_version}
+        feed_counts = feeds.sync(engine, expected)
+    return {
+        **counts,
+        "active": len(layouts),
+        "registry_version": registry_version,
+        **{f"feeds_{name}": count for name, count in feed_counts.items()},
+        "feeds_active": len(expected),
+        "feeds_registry_version": feeds_version,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     def arguments(parser):
         parser.add_argument("--definitions", help="a layout definitions JSON file (default: the packaged one)")
+        parser.add_argument("--feeds", help="a feed definitions JSON file (default: the packaged one)")
 
     return run_worker("layouts", work, argv, arguments, description=__doc__)
 
