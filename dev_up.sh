@@ -75,8 +75,12 @@ start_group() { local log=$1; shift; setsid "$@" >>"$log" 2>&1 < /dev/null & sta
 
 say "migrating the metadata DB"
 alembic upgrade head
-say "syncing the layout registry (the sync_layout_registry asset does the same from the UI)"
-python -m workers.layouts >/dev/null
+# Through Dagster, so the catalog shows sync_layout_registry materialized with what it synced.
+say "syncing the layout registry: dagster asset materialize --select sync_layout_registry (log .local/layout_sync.log)"
+if ! dagster asset materialize -m orchestrator.definitions --select sync_layout_registry >.local/layout_sync.log 2>&1; then
+  tail -n 5 .local/layout_sync.log >&2
+  die "the layout sync failed; see .local/layout_sync.log"
+fi
 
 if s3_answers "$MINIO_ENDPOINT"; then
   say "using the S3 endpoint already answering at $MINIO_ENDPOINT"

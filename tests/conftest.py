@@ -38,6 +38,7 @@ MARKS_BY_PATH = {
     "tests/reliability/": ("reliability",),
     "tests/reliability/test_convergence.py": ("slow",),  # ./dev_up.sh in a fresh copy
     "tests/test_dev_up.py": ("slow",),
+    "tests/browser/": ("browser", "slow"),  # a real browser against ./dev_up.sh in a fresh copy
     "tests/bench/": ("bench",),
 }
 # A test that uses one of these (tests/container_fixtures.py, tests/docker/conftest.py) needs a

@@ -101,6 +101,13 @@ def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
     (materialization,) = data["assetOrError"]["assetMaterializations"]
     labels = {entry["label"] for entry in materialization["metadataEntries"]}
     assert {"row_id", "object_key", "size_bytes", "sha256", "db_dialect", "endpoint_host"} <= labels
+    # dev_up synced the layouts through Dagster, so the catalog does not call them never materialized.
+    data = dev_up.graphql(
+        """{ assetOrError(assetKey: {path: ["sync_layout_registry"]}) {
+        ... on Asset { assetMaterializations(limit: 1) { metadataEntries { label } } } } }""",
+    )
+    (materialization,) = data["assetOrError"]["assetMaterializations"]
+    assert {"added", "changed", "retired"} <= {entry["label"] for entry in materialization["metadataEntries"]}
 
     # A drop with its marker ends staged with no other action: the sensor runs by default.
     for command in DROP:
