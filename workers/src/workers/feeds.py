@@ -135,7 +135,8 @@ def _feed(index: int, entry: Any, file_types: Collection[str] | None) -> Feed:
         raise WorkerError(f"{name} has unknown field(s) {', '.join(unknown)} (known: {', '.join(FIELDS)})")
     if not all(isinstance(entry[f], str) and entry[f].strip() for f in REQUIRED):
         raise WorkerError(f"{name} has an empty or non-text field")
-    feed = Feed(*(entry[f] for f in REQUIRED), early=entry.get("early"))
+    fields: dict[str, Any] = {f: entry.get(f) for f in FIELDS}
+    feed = Feed(**fields)
     if not FEED_ID.fullmatch(feed.feed_id):
         raise WorkerError(f"{name}: feed_id must be lower-case letters, digits and underscores, starting with a letter")
     if feed.submitter_id == "*":
