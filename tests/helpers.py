@@ -213,7 +213,12 @@ def run_check() -> dg.AssetCheckEvaluation:
 
 BUCKET = "health-raw"
 ROOT = ("root-" + secrets.token_hex(6), secrets.token_hex(16))
-ROLE_KEYS = {role: (f"{role}-{secrets.token_hex(6)}", secrets.token_hex(16)) for role in roles.GRANTS}
+# Two partners with roles of their own (PARTNER_ROLES): each reads its own outbox/ folder only.
+PARTNERS = ("acme", "globex")
+ROLE_KEYS = {
+    role: (f"{role}-{secrets.token_hex(6)}", secrets.token_hex(16))
+    for role in [*roles.GRANTS, *(roles.PARTNER_ROLE + p for p in PARTNERS)]
+}
 
 
 def role_variables() -> dict[str, str]:
@@ -232,6 +237,7 @@ def roles_env(endpoint: str = "http://s3:9000", keys: tuple[str, str] = ROOT, **
         "MINIO_ACCESS_KEY": keys[0],
         "MINIO_SECRET_KEY": keys[1],
         "MINIO_BUCKET": BUCKET,
+        "PARTNER_ROLES": ",".join(PARTNERS),
         **role_variables(),
         **extra,
     }

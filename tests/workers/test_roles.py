@@ -44,7 +44,7 @@ def check_folders_versions(root, bucket: str = BUCKET) -> list[str]:
     """What stays under the check's folders, in every area: versions and delete markers alike."""
     return [
         entry["Key"]
-        for prefix in ("inbox/", "raw/", "bootstrap/")
+        for prefix in ("inbox/", "raw/", "bootstrap/", "outbox/", "outbox/acme/", "outbox/globex/")
         for entry in roles.versions_under(root, bucket, f"{prefix}{roles.CHECK_FOLDER}")
     ]
 
@@ -53,6 +53,12 @@ def run_roles_check(env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "workers.roles", "check"], env=env, capture_output=True, text=True, timeout=180
     )
+
+
+def probe_count() -> int:
+    """The check's lines: every role (the partners' too) x every probe x every area it probes."""
+    areas = roles.Areas.from_env(roles_env())
+    return len(areas.roles) * len(roles.PROBES) * len(areas.probed)
 
 
 def tomorrow() -> datetime:
@@ -80,7 +86,7 @@ def test_render_keeps_the_secrets_in_an_owner_only_file_and_none_in_the_script(t
 
     assert stat.S_IMODE(identities.stat().st_mode) == 0o600
     document = json.loads(identities.read_text())
-    assert {i["name"] for i in document["identities"]} == {"root", *roles.GRANTS}
+    assert {i["name"] for i in document["identities"]} == {"root", *ROLE_KEYS}
     heartbeat = next(i for i in document["identities"] if i["name"] == "heartbeat")
     assert heartbeat["actions"] == [] and heartbeat["policyNames"] == ["health-heartbeat"]
     policy = next(p for p in document["policies"] if p["name"] == "health-heartbeat")
@@ -96,9 +102,9 @@ def test_render_keeps_the_secrets_in_an_owner_only_file_and_none_in_the_script(t
     text = script.read_text()
     assert not [value for value in env.values() if len(value) >= 16 and value in text]
     assert subprocess.run(["sh", "-n", str(script)], capture_output=True).returncode == 0
-    for role in roles.GRANTS:
-        assert (f"mc admin policy attach platform health-{role}" in text) == bool(roles.GRANTS[role])
-        assert f'mc admin user add platform "$MINIO_{role.upper()}_ACCESS_KEY"' in text
+    for role in ROLE_KEYS:
+        assert (f"mc admin policy attach platform health-{role}" in text) == bool(roles.grants_of(role))
+        assert f'mc admin user add platform "${roles.key_variables(role)[0]}"' in text
 
 
 def test_render_refuses_a_role_without_keys(tmp_path):
@@ -136,7 +142,7 @@ def test_the_check_finds_every_role_allowed_exactly_its_grants_and_leaves_no_ver
 
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == len(roles.GRANTS) * len(roles.PROBES) * len(roles.AREAS)
+    assert len(lines) == probe_count()
     assert all(line.startswith("ok ") for line in lines)
     for line in (
         "ok  heartbeat  Write          bootstrap allowed",
@@ -165,6 +171,25 @@ def test_the_check_finds_every_role_allowed_exactly_its_grants_and_leaves_no_ver
         "ok  heartbeat  Retain         bootstrap refused",
         "ok  stager     Bypass         inbox     refused",
         "ok  registrar  Bypass         raw       refused",
+        # Receipts: the writers put them (create-only by If-None-Match), each partner reads its own.
+        "ok  stager     Write          outbox    allowed",
+        "ok  registrar  Read           outbox    allowed",
+        "ok  stager     List           outbox    refused",
+        "ok  stager     Delete         outbox    refused",
+        "ok  sensor     Read           outbox    refused",
+        "ok  stager     Write          outbox:acme allowed",
+        "ok  partner-acme List           outbox:acme allowed",
+        "ok  partner-acme Read           outbox:acme allowed",
+        "ok  partner-acme Write          outbox:acme refused",
+        "ok  partner-acme Delete         outbox:acme refused",
+        "ok  partner-acme List           outbox:globex refused",
+        "ok  partner-acme Read           outbox:globex refused",
+        "ok  partner-globex Read           outbox:globex allowed",
+        "ok  partner-acme List           outbox    refused",
+        "ok  partner-acme Read           outbox    refused",
+        "ok  partner-acme Read           inbox     refused",
+        "ok  partner-acme Write          inbox     refused",
+        "ok  partner-acme Read           raw       refused",
     ):
         assert line in result.stdout
     assert "authorizes it as" not in result.stdout  # SeaweedFS decides every verb by its own actions
@@ -236,7 +261,7 @@ def test_the_check_says_clearly_when_it_cannot_remove_its_objects_and_fails(role
     assert err.startswith("roles: 1 object version(s) of the check's stay in bucket health-raw, e.g. ")
     assert f"{version.key} version {version.version_id} (AccessDenied)" in err
     assert "Traceback" not in err and not [v for v in env.values() if len(v) >= 16 and v in out + err]
-    assert len(out.splitlines()) == len(roles.GRANTS) * len(roles.PROBES) * len(roles.AREAS)
+    assert len(out.splitlines()) == probe_count()
     assert check_folders_versions(root) == [version.key]
     root.put_object_legal_hold(
         Bucket=BUCKET, Key=version.key, VersionId=version.version_id, LegalHold={"Status": "OFF"}
@@ -488,6 +513,48 @@ def test_each_role_is_refused_versions_and_locks_outside_its_grants(role_server)
     purge(root, "raw/acme/v/")
 
 
+def test_a_partner_reads_its_own_receipts_and_is_refused_everything_else(role_server):
+    root = role_server.client()
+    own, other = "outbox/acme/drop-1/sub-1.receipt.json", "outbox/globex/drop-1/sub-2.receipt.json"
+    for key in (own, other, "inbox/acme/x/drop-1/a.csv", "raw/acme/x/sub-1/a.csv"):
+        root.put_object(Bucket=BUCKET, Key=key, Body=b"{}\n")
+    acme, globex, stager = (client_as(role_server, r) for r in ("partner-acme", "partner-globex", "stager"))
+    attempts = {
+        "acme reads globex's receipt": lambda: acme.get_object(Bucket=BUCKET, Key=other),
+        "acme heads globex's receipt": lambda: acme.head_object(Bucket=BUCKET, Key=other),
+        "acme lists globex's outbox": lambda: acme.list_objects_v2(Bucket=BUCKET, Prefix="outbox/globex/"),
+        "acme lists the whole outbox": lambda: acme.list_objects_v2(Bucket=BUCKET, Prefix="outbox/"),
+        "acme lists the bucket": lambda: acme.list_objects_v2(Bucket=BUCKET),
+        "acme rewrites its receipt": lambda: acme.put_object(Bucket=BUCKET, Key=own, Body=b"forged"),
+        "acme writes into globex's outbox": lambda: acme.put_object(Bucket=BUCKET, Key=other, Body=b"x"),
+        "acme deletes its receipt": lambda: acme.delete_object(Bucket=BUCKET, Key=own),
+        "acme reads its inbox": lambda: acme.get_object(Bucket=BUCKET, Key="inbox/acme/x/drop-1/a.csv"),
+        "acme reads the raw zone": lambda: acme.get_object(Bucket=BUCKET, Key="raw/acme/x/sub-1/a.csv"),
+        "globex reads acme's receipt": lambda: globex.get_object(Bucket=BUCKET, Key=own),
+        "the stager lists the outbox": lambda: stager.list_objects_v2(Bucket=BUCKET, Prefix="outbox/"),
+        "the stager deletes a receipt": lambda: stager.delete_object(Bucket=BUCKET, Key=own),
+    }
+    allowed = [what for what, operation in attempts.items() if not refused(operation)]
+
+    assert allowed == []
+    listed = acme.list_objects_v2(Bucket=BUCKET, Prefix="outbox/acme/")["Contents"]
+    assert [o["Key"] for o in listed] == [own]
+    assert acme.get_object(Bucket=BUCKET, Key=own)["Body"].read() == b"{}\n"
+    assert globex.get_object(Bucket=BUCKET, Key=other)["Body"].read() == b"{}\n"
+    purge(root, "outbox/", "inbox/acme/x/", "raw/acme/x/")
+
+
+def test_partner_roles_are_refused_unless_each_is_a_submitter_id_named_once():
+    assert roles.Areas.from_env(roles_env()).roles[-2:] == ["partner-acme", "partner-globex"]
+    for spelled in ("acme,../x", "acme,acme", "blue-cross,blue_cross"):
+        with pytest.raises(roles.SettingsError, match="PARTNER_ROLES"):
+            roles.Areas.from_env(roles_env(PARTNER_ROLES=spelled))
+    assert roles.key_variables("partner-blue-cross") == (
+        "MINIO_PARTNER_BLUE_CROSS_ACCESS_KEY",
+        "MINIO_PARTNER_BLUE_CROSS_SECRET_KEY",
+    )
+
+
 def test_nobody_but_the_root_keys_can_lift_a_governance_lock(role_server):
     root = role_server.client()
     key = "raw/acme/gov/a.csv"
@@ -500,7 +567,7 @@ def test_nobody_but_the_root_keys_can_lift_a_governance_lock(role_server):
     }
     sooner = {"Mode": "GOVERNANCE", "RetainUntilDate": datetime.now(UTC) + timedelta(hours=1)}
     lifted = []
-    for name in roles.GRANTS:
+    for name in ROLE_KEYS:
         s3 = client_as(role_server, name)
         if not refused(lambda s3=s3: s3.delete_object(**locked, BypassGovernanceRetention=True)):
             lifted.append(f"{name} deleted it")
@@ -579,6 +646,10 @@ def test_the_intake_runs_end_to_end_with_each_worker_under_its_role(role_env, ro
     raw = [o["Key"] for o in root.list_objects_v2(Bucket=BUCKET, Prefix="raw/")["Contents"]]
     assert len(raw) == 3 and sum(key.endswith("_manifest.generated.json") for key in raw) == 1
     assert root.list_objects_v2(Bucket=BUCKET, Prefix=GROUP).get("KeyCount") == 0
+    # The stager put the receipt under its role; the partner reads it with its own keys.
+    acme = client_as(role_server, "partner-acme")
+    (receipt,) = acme.list_objects_v2(Bucket=BUCKET, Prefix="outbox/acme/roles-001/")["Contents"]
+    assert json.loads(acme.get_object(Bucket=BUCKET, Key=receipt["Key"])["Body"].read())["outcome"] == "staged"
     # The audit re-reads the raw zone under the auditor role.
     assert run_check().passed
 

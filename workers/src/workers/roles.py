@@ -24,6 +24,10 @@ No grant can say "create only": a Write may also overwrite, which is why every w
 carries If-None-Match, and why raw/ is locked. Servers differ from AWS in places (AUTHORIZED_AS).
 `check` (run with the root keys, on a bucket with Object Lock) touches only objects of its own under
 `<area>_role-check/<run>/`, and removes every version and delete marker it made there.
+
+Partners: each submitter named in PARTNER_ROLES (comma-separated) gets a role `partner-<id>`
+(keys MINIO_PARTNER_<ID>_ACCESS_KEY / _SECRET_KEY, `-` spelled `_`) that may list and read its own
+receipts under `outbox/<id>/`, and nothing else: not another partner's, not the platform's areas.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 import uuid
@@ -43,6 +48,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from workers.catalogue import WORKERS
+from workers.receipts import OUTBOX_PREFIX
 from workers.settings import Settings, SettingsError, load_intake_settings, load_settings
 from workers.store import S3Client, StoreUnreachable, error_code, make_s3_client, when_store_answers
 
@@ -59,7 +65,7 @@ VERBS = (
     "Delete",
     "DeleteVersions",
 )
-AREAS = ("inbox", "raw", "bootstrap")
+AREAS = ("inbox", "raw", "bootstrap", "outbox")
 
 # role -> verb -> areas. An area is a key prefix, named here and resolved from the settings.
 # A missing key answers 404 to whoever may Read there, with no List (SeaweedFS, and MinIO for any
@@ -73,23 +79,25 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     # The layout registry sync touches no object; its keys open nothing.
     "layouts": {},
     # Writes each manifest locked (Retain), and reads back a raw version and its lock to compare.
+    # Puts a duplicate's and a rejection's receipt create-only, reading back one already there.
     "registrar": {
         "List": ("inbox",),
-        "Read": ("inbox", "raw"),
+        "Read": ("inbox", "raw", "outbox"),
         "ReadVersions": ("raw",),
         "ReadRetention": ("raw",),
-        "Write": ("raw",),
+        "Write": ("raw", "outbox"),
         "Retain": ("raw",),
     },
     # Copies into raw/ and locks each copy (a copy carries no lock). In the inbox it removes exactly
     # the versions and delete markers it staged or found under the key, by VersionId: never a plain
     # delete, which would only hide the object behind a delete marker. It never writes there.
+    # Puts a staged submission's receipt into outbox/ create-only, as the registrar does.
     "stager": {
         "ListVersions": ("inbox",),
-        "Read": ("inbox", "raw"),
+        "Read": ("inbox", "raw", "outbox"),
         "ReadVersions": ("inbox", "raw"),
         "ReadRetention": ("raw",),
-        "Write": ("raw",),
+        "Write": ("raw", "outbox"),
         "Retain": ("raw",),
         "DeleteVersions": ("inbox",),
     },
@@ -99,6 +107,23 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 # The Dagster daemon itself (the inbox sensor) runs under this role.
 ORCHESTRATOR_ROLE = "sensor"
+# A partner's role: `partner-<submitter id>`, its area `outbox:<submitter id>` (outbox/<id>/).
+PARTNER_ROLE = "partner-"
+PARTNER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def partner_grants(submitter_id: str) -> dict[str, tuple[str, ...]]:
+    """A partner lists and reads its own receipts, and nothing else."""
+    own = f"outbox:{submitter_id}"
+    return {"List": (own,), "Read": (own,)}
+
+
+def grants_of(role: str) -> dict[str, tuple[str, ...]]:
+    if role.startswith(PARTNER_ROLE):
+        return partner_grants(role.removeprefix(PARTNER_ROLE))
+    return GRANTS[role]
+
+
 # The IAM actions each verb stands for; the List verbs are bucket-level, with a prefix condition.
 ACTIONS = {
     "List": ("s3:ListBucket",),
@@ -129,7 +154,8 @@ def role_of(worker: str) -> str | None:
 
 def key_variables(role: str) -> tuple[str, str]:
     """The environment variables holding a role's access key and secret key."""
-    return f"MINIO_{role.upper()}_ACCESS_KEY", f"MINIO_{role.upper()}_SECRET_KEY"
+    name = role.upper().replace("-", "_")
+    return f"MINIO_{name}_ACCESS_KEY", f"MINIO_{name}_SECRET_KEY"
 
 
 def role_credentials(role: str, env: Mapping[str, str]) -> tuple[str, str] | None:
@@ -157,19 +183,44 @@ class Areas:
     inbox: str
     raw: str
     bootstrap: str = BOOTSTRAP_PREFIX
+    outbox: str = OUTBOX_PREFIX
+    partners: tuple[str, ...] = ()  # submitter ids with a role of their own (PARTNER_ROLES)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Areas:
         intake = load_intake_settings(env)
-        return cls(inbox=intake.inbox_prefix, raw=intake.raw_prefix)
+        env = os.environ if env is None else env
+        return cls(inbox=intake.inbox_prefix, raw=intake.raw_prefix, partners=partners_of(env))
 
     def prefix(self, area: str) -> str:
-        return getattr(self, area)
+        """An area's key prefix; `outbox:<id>` is one partner's folder of the outbox."""
+        name, _, partner = area.partition(":")
+        return getattr(self, name) + (f"{partner}/" if partner else "")
+
+    @property
+    def roles(self) -> list[str]:
+        return [*GRANTS, *(PARTNER_ROLE + p for p in self.partners)]
+
+    @property
+    def probed(self) -> tuple[str, ...]:
+        """The areas the check probes: the platform's, and each partner's outbox folder."""
+        return AREAS + tuple(f"outbox:{p}" for p in self.partners)
+
+
+def partners_of(env: Mapping[str, str]) -> tuple[str, ...]:
+    partners = tuple(p.strip() for p in env.get("PARTNER_ROLES", "").split(",") if p.strip())
+    bad = [p for p in partners if not PARTNER_ID.fullmatch(p)]
+    if bad:
+        raise SettingsError(f"PARTNER_ROLES: {bad[0]!r} is not a submitter id (letters, digits, '-', '_')")
+    variables = [key_variables(PARTNER_ROLE + p)[0] for p in partners]
+    if len(set(variables)) != len(variables):
+        raise SettingsError("PARTNER_ROLES names a partner twice (or two whose key variables are the same)")
+    return partners
 
 
 def grants(role: str, areas: Areas) -> dict[str, list[str]]:
     """verb -> key prefixes, for one role."""
-    return {verb: [areas.prefix(area) for area in names] for verb, names in GRANTS[role].items()}
+    return {verb: [areas.prefix(area) for area in names] for verb, names in grants_of(role).items()}
 
 
 def policy_name(role: str) -> str:
@@ -188,10 +239,10 @@ def seaweedfs_identities(env: Mapping[str, str], bucket: str, areas: Areas) -> d
         }
     ]
     policies = []
-    for role in GRANTS:
+    for role in areas.roles:
         keys = required_credentials(role, env)
         identity = {"name": role, "credentials": [{"accessKey": keys[0], "secretKey": keys[1]}], "actions": []}
-        if GRANTS[role]:
+        if grants_of(role):
             identity["policyNames"] = [policy_name(role)]
             policies.append({"name": policy_name(role), "content": json.dumps(iam_policy(role, bucket, areas))})
         identities.append(identity)
@@ -234,11 +285,11 @@ def minio_script(bucket: str, areas: Areas) -> str:
         'mc alias set platform "${MINIO_ENDPOINT:-http://minio:9000}" \\',
         '  "$MINIO_ACCESS_KEY" "$MINIO_SECRET_KEY" >/dev/null',
     ]
-    for role in GRANTS:
+    for role in areas.roles:
         access, secret = key_variables(role)
         policy = policy_name(role)
         lines.append(f'mc admin user add platform "${access}" "${secret}" >/dev/null')
-        if not GRANTS[role]:
+        if not grants_of(role):
             # A user without a policy may do nothing, which is this role's whole grant.
             lines.append(f"echo 'role {role}: no policy (no grants)'")
             continue
@@ -333,7 +384,9 @@ def deciding_verbs(probe_name: str, server: str = "") -> tuple[str, ...]:
 
 
 def expected(role: str, probe_name: str, area: str, server: str = "") -> bool:
-    return any(area in GRANTS[role].get(verb, ()) for verb in deciding_verbs(probe_name, server))
+    """Whether a grant covers the area: its own, or one inside it (`outbox` covers `outbox:acme`)."""
+    granted = [g for verb in deciding_verbs(probe_name, server) for g in grants_of(role).get(verb, ())]
+    return any(area == g or area.startswith(g + ":") for g in granted)
 
 
 def probe(role: str, probe_name: str, area: str, outcome: str, server: str) -> Probe:
@@ -500,9 +553,9 @@ def check(env: Mapping[str, str], client_for) -> Iterator[tuple[str, Probe]]:
     server = when_store_answers(lambda: server_of(root, settings.bucket), settings.endpoint_host)
     scratch = Scratch(root, settings.bucket)
     try:
-        for role in GRANTS:
+        for role in areas.roles:
             s3 = client_for(settings, required_credentials(role, env))
-            for area in AREAS:
+            for area in areas.probed:
                 for name, outcome in probe_area(s3, scratch, areas.prefix(area)).items():
                     yield role, probe(role, name, area, outcome, server)
     finally:
