@@ -119,7 +119,7 @@ def report_submission(context: dg.OpExecutionContext, report: dict) -> None:
     staging reports a materialization of the submitter's partition of the submissions asset, so
     Catalog -> submissions -> {submitter} lists each delivery. A group that registered nothing but
     had objects rejected is an observation of that partition (the rejections are on the inbox too)."""
-    submitter = report.get("submitter_id")
+    submitter: str = report.get("submitter_id") or ""
     if not submitter:
         return
     rejections = len(report.get("rejections") or [])
