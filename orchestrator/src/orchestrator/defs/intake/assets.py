@@ -13,7 +13,8 @@ inbox = dg.AssetSpec(
 )
 
 # Partners are few and drops many: a partition per submitter, added when its first drop is registered.
-submitters = dg.DynamicPartitionsDefinition(name="submitters")
+SUBMITTERS = "submitters"
+submitters = dg.DynamicPartitionsDefinition(name=SUBMITTERS)
 
 submissions = dg.AssetSpec(
     "submissions",

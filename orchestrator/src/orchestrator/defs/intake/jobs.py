@@ -124,8 +124,8 @@ def report_submission(context: dg.OpExecutionContext, report: dict) -> None:
         return
     rejections = len(report.get("rejections") or [])
     try:
-        if not context.instance.has_dynamic_partition(assets.submitters.name, submitter):
-            context.instance.add_dynamic_partitions(assets.submitters.name, [submitter])
+        if not context.instance.has_dynamic_partition(assets.SUBMITTERS, submitter):
+            context.instance.add_dynamic_partitions(assets.SUBMITTERS, [submitter])
     except dg.DagsterInvariantViolationError as error:  # a key Dagster cannot take as a partition
         context.log.warning(f"submitter not shown in the catalog's submissions partitions: {error}")
         return
