@@ -2,7 +2,10 @@
 
 import hashlib
 import re
+import tempfile
+import uuid
 from html import unescape
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -277,3 +280,32 @@ def test_a_file_left_out_of_a_registered_group_is_in_the_op_metadata_and_observe
     assert registered["file_count"] == 1 and "raw key would exceed" in registered["rejections"]
     (observation,) = inbox_observations(result)
     assert observation.metadata["new_rejections"].value == 1
+
+
+@pytest.mark.dagster_runs
+def test_a_receipt_the_store_refused_fails_the_step_and_its_retry_sends_it(platform_env, monkeypatch):
+    """The stager's report says the receipt was refused (tests/fake_workers/stager.py stands in for
+    that fault): the step fails with the receipt's id and error, and its retry runs the stager again."""
+    from orchestrator.defs.intake.jobs import stage_submission_job
+
+    sid = f"sub-{uuid.uuid4().hex[:24]}"
+    runs = Path(tempfile.gettempdir()) / f"fake-stager-{sid}"
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))
+    monkeypatch.setenv("WORKER_PACKAGE", "fake_workers")
+    monkeypatch.setenv("INTAKE_STEP_RETRIES", "1")
+    monkeypatch.setenv("INTAKE_STEP_RETRY_DELAY_SECONDS", "0")
+    config = {"ops": {"stage_registered_submission": {"config": {"submission_id": sid}}}}
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = stage_submission_job.execute_in_process(
+        run_config=config, resources={"launcher": WorkerLauncher()}, raise_on_error=False, instance=instance
+    )
+
+    assert result.success
+    assert runs.read_text().count("run") == 2
+    runs.unlink()
+    retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retried) == 1
+    warnings = " ".join(record.user_message for record in instance.all_logs(result.run_id))
+    assert f"receipt {sid} not written: ServiceUnavailable" in warnings
+    assert output_metadata(result, "stage_registered_submission")["receipt"] == "written"

@@ -68,6 +68,7 @@ def register(context: dg.OpExecutionContext, config: GroupConfig, launcher: Work
         "files": classified["files"],
     }
     registered = launcher.run(context=context, worker="registrar", extras=extras)
+    receipt_sent(registered)
     if registered.get("rejections"):
         context.log_event(rejections_observed(registered["rejections"]))
     report_submission(context, registered)
@@ -106,6 +107,7 @@ def stage_registered_submission(
 def stage(context: dg.OpExecutionContext, submission_id: str, launcher: WorkerLauncher) -> None:
     with step_retries(context):
         staged = launcher.run(context=context, worker="stager", extras={"submission_id": submission_id})
+        receipt_sent(staged)
     context.add_output_metadata(as_metadata(staged))
     report_submission(context, staged)
 
@@ -151,6 +153,17 @@ def report_submission(context: dg.OpExecutionContext, report: dict) -> None:
             metadata=metadata,
         )
     )
+
+
+def receipt_sent(report: dict) -> None:
+    """A receipt the store refused fails the step, after everything else is recorded: the step's
+    retries (and the sweeper's rounds after them) run the worker again, which finds the work done
+    and puts the receipt. Without this a drop could end staged with its partner never told."""
+    if report.get("receipt") == "failed":
+        raise dg.Failure(
+            description=f"receipt {report.get('receipt_id')} not written: {report.get('receipt_error')}",
+            metadata={"submission_id": report.get("submission_id") or "", "receipt_id": report.get("receipt_id")},
+        )
 
 
 @contextmanager
