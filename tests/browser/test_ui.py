@@ -100,6 +100,10 @@ def ui(platform: DevUpProcess) -> Iterator[UI]:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
         page.set_default_timeout(30_000)
+        # A fresh instance shows a "Join the Dagster community" dialog over the pages, at some point
+        # after the first one loads; whenever it is in the way of a step, Skip closes it.
+        dialog = page.get_by_text("Join the Dagster community")
+        page.add_locator_handler(dialog, lambda: page.get_by_role("button", name="Skip").click())
         yield UI(page, f"http://127.0.0.1:{platform.dagster_port}", platform.copy)
         browser.close()
 
@@ -128,17 +132,13 @@ def until(ui: UI, shown: Callable[[], bool], timeout: float = 180, reload: bool 
         time.sleep(3)
         if reload:
             ui.page.reload()
-            dismiss_welcome(ui)
+            settle(ui)
 
 
-def dismiss_welcome(ui: UI) -> None:
-    """A fresh instance shows a "Join the Dagster community" dialog over every page; Skip closes it."""
-    skip = ui.page.get_by_role("button", name="Skip")
-    try:
-        skip.wait_for(state="visible", timeout=2_000)
-    except Exception:  # playwright's TimeoutError: no dialog this time
-        return
-    skip.click()
+def settle(ui: UI) -> None:
+    """Pages are left to settle before a step looks at them; the welcome dialog is Skipped by the
+    handler the ui fixture installs whenever it shows up."""
+    ui.page.wait_for_load_state("networkidle")
 
 
 def test_assets_bootstrap_heartbeat_asset_materialize_shows_the_workers_metadata(ui: UI):
@@ -146,7 +146,7 @@ def test_assets_bootstrap_heartbeat_asset_materialize_shows_the_workers_metadata
     (Dagster 1.13 calls the assets page the Catalog), then the worker's metadata on the asset page."""
     page = ui.page
     page.goto(ui.url("/"))
-    dismiss_welcome(ui)
+    settle(ui)
     page.get_by_text("Catalog", exact=True).first.click()
     page.get_by_text("bootstrap_heartbeat_asset", exact=True).first.click()
     page.wait_for_url(re.compile(r"/assets/bootstrap_heartbeat_asset"))
@@ -163,7 +163,7 @@ def test_the_launchpad_takes_the_seeds_yaml_for_the_registration_job(ui: UI, sta
     prints it, launched; the run succeeds and registers nothing new (the drop is staged already)."""
     page = ui.page
     page.goto(ui.url("/locations/health_intake/jobs/register_submission_from_group_job/playground"))
-    dismiss_welcome(ui)
+    settle(ui)
     editor = page.locator(".CodeMirror").first
     editor.click()
     page.keyboard.press("Control+A")
@@ -182,7 +182,7 @@ def test_acmes_partition_of_the_submissions_asset_lists_the_drop(ui: UI, staged_
     """After a drop: Catalog -> submissions -> Partitions -> acme shows the submission's metadata."""
     page = ui.page
     page.goto(ui.url("/assets/submissions"))
-    dismiss_welcome(ui)
+    settle(ui)
     page.get_by_role("tab", name="Partitions").click()
     page.get_by_text("acme", exact=True).first.click()
     until(ui, lambda: page.get_by_text(staged_drop, exact=True).count() > 0)
@@ -200,7 +200,7 @@ def test_a_late_feeds_check_fails_on_the_submissions_asset(ui: UI):
     check is shown failing on the submissions asset's Checks tab."""
     page = ui.page
     page.goto(ui.url("/assets/submissions?view=checks"))
-    dismiss_welcome(ui)
+    settle(ui)
     until(ui, lambda: page.get_by_text(LATE_FEED_CHECK).count() > 0 and page.get_by_text("Failed").count() > 0)
     ui.shot("4a-feed-checks")
     page.get_by_text(LATE_FEED_CHECK).first.click()

@@ -112,6 +112,26 @@ def test_an_unchanged_verdict_is_not_recorded_again_and_a_delivery_clears_the_ch
     assert set(evaluations(cleared)) == {ELIGIBILITY} and evaluations(cleared)[ELIGIBILITY].passed
 
 
+def test_a_materialization_of_submissions_has_every_verdict_recorded_again(metadata_db, instance):
+    """The UI judges a check against the asset's latest materialization: after a delivery of another
+    feed materializes submissions, the late feed's unchanged verdict is recorded again, or its check
+    would read "not evaluated" (seen in the browser test)."""
+    first = judge_feeds(dg.build_sensor_context(instance=instance, definitions=defs), at(2027, 1, 5))
+    instance.add_dynamic_partitions(assets.SUBMITTERS, ["acme"])
+    instance.report_runless_asset_event(dg.AssetMaterialization(assets.submissions.key, partition="acme"))
+
+    after = judge_feeds(
+        dg.build_sensor_context(instance=instance, definitions=defs, cursor=first.cursor), at(2027, 1, 5, 0, 1)
+    )
+
+    assert set(evaluations(after)) == {feed.check_name for feed in FEEDS}
+    assert not evaluations(after)[ELIGIBILITY].passed
+    quiet = judge_feeds(
+        dg.build_sensor_context(instance=instance, definitions=defs, cursor=after.cursor), at(2027, 1, 5, 0, 2)
+    )
+    assert evaluations(quiet) == {}
+
+
 def test_a_tick_through_the_daemons_validation_records_every_feed_and_the_metadata_names_no_key(metadata_db, instance):
     deliver(metadata_db, "sub-claims", "medical_claims", datetime.now(UTC))
     result = feed_freshness_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))

@@ -81,12 +81,26 @@ def judge_feeds(
         return dg.SensorResult(skip_reason="metadata database unavailable", cursor=context.cursor)
     before = json.loads(context.cursor or "{}")
     after = {v.feed.feed_id: signature(v) for v in verdicts}
-    changed = [v for v in verdicts if before.get(v.feed.feed_id) != after[v.feed.feed_id]]
+    # The UI shows a check's result against the asset's latest materialization: once a delivery
+    # (or a staging) materializes submissions, every verdict is recorded again, or the checks
+    # whose verdict did not change would read "not evaluated" until it does.
+    after[LATEST_MATERIALIZATION] = latest_materialization(context.instance)
+    renewed = before.get(LATEST_MATERIALIZATION) != after[LATEST_MATERIALIZATION]
+    changed = [v for v in verdicts if renewed or before.get(v.feed.feed_id) != after[v.feed.feed_id]]
     return dg.SensorResult(
         asset_events=[evaluation(v) for v in changed],
         skip_reason=None if changed else summary(verdicts),
         cursor=json.dumps(after, sort_keys=True),
     )
+
+
+# The cursor's entry for the submissions asset's latest materialization (feed ids cannot start with "@").
+LATEST_MATERIALIZATION = "@submissions"
+
+
+def latest_materialization(instance: dg.DagsterInstance) -> str:
+    records = instance.fetch_materializations(assets.submissions.key, limit=1).records
+    return str(records[0].storage_id) if records else ""
 
 
 def signature(verdict: feeds.FeedVerdict) -> str:
