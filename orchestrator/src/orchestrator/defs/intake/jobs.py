@@ -122,9 +122,9 @@ def report_submission(context: dg.OpExecutionContext, report: dict) -> None:
     Catalog -> submissions -> {submitter} lists each delivery. A group that registered nothing but
     had objects rejected is an observation of that partition (the rejections are on the inbox too)."""
     submitter: str = report.get("submitter_id") or ""
-    if not submitter:
-        return
     rejections = len(report.get("rejections") or [])
+    if not submitter or not (report.get("submission_id") or rejections):
+        return  # e.g. the job run again for a group staged and cleaned already: nothing to list
     try:
         if not context.instance.has_dynamic_partition(assets.SUBMITTERS, submitter):
             context.instance.add_dynamic_partitions(assets.SUBMITTERS, [submitter])
