@@ -34,8 +34,8 @@ submissions = dg.AssetSpec(
     group_name="intake",
     kinds={"python"},
     description=(
-        "layout_registry, synced from the versioned workers/layout_definitions.json: "
-        "counts of layouts added, changed and retired."
+        "layout_registry and feed_registry, synced from the versioned workers/layout_definitions.json "
+        "and feed_definitions.json: counts of layouts and feeds added, changed and retired."
     ),
 )
 def sync_layout_registry(context: dg.AssetExecutionContext, launcher: WorkerLauncher) -> dg.MaterializeResult:
