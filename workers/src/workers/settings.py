@@ -303,7 +303,7 @@ def _flag(value: str, name: str) -> bool:
     return lowered in ("true", "1", "yes")
 
 
-LaunchMode = Literal["subprocess", "docker"]
+LaunchMode = Literal["subprocess", "docker", "k8s"]
 LAUNCH_MODES: tuple[LaunchMode, ...] = get_args(LaunchMode)
 LAUNCH_DEFAULTS = {
     "WORKER_LAUNCH_MODE": "subprocess",
@@ -313,6 +313,14 @@ LAUNCH_DEFAULTS = {
     "WORKER_DOCKER_NETWORK": "",
     "WORKER_CPUS": "1",
     "WORKER_MEMORY_MB": "1024",
+    # Kubernetes mode (README "Kubernetes mode"): where worker pods run, which Secrets hold each
+    # role's keys (K8S_SECRET_PREFIX-<role>), how to reach the API server (empty: in-cluster, or
+    # the default kubeconfig outside a cluster), how often to poll a pod, how long it may run.
+    "K8S_NAMESPACE": "health-intake",
+    "K8S_SECRET_PREFIX": "health-intake-role",
+    "K8S_KUBECONFIG": "",
+    "K8S_POLL_SECONDS": "2",
+    "K8S_POD_TIMEOUT_SECONDS": "14400",
 }
 
 
@@ -328,6 +336,11 @@ class LaunchSettings:
     docker_network: str
     cpus: float
     memory_mb: int
+    k8s_namespace: str = LAUNCH_DEFAULTS["K8S_NAMESPACE"]
+    k8s_secret_prefix: str = LAUNCH_DEFAULTS["K8S_SECRET_PREFIX"]
+    k8s_kubeconfig: str = ""
+    k8s_poll_seconds: float = 2.0
+    k8s_pod_timeout_seconds: float = 14400.0
 
     def image_for(self, image: str) -> str:
         return f"{self.image_prefix}-{image}:{self.image_tag}"
@@ -343,7 +356,20 @@ def load_launch_settings(env: Mapping[str, str] | None = None) -> LaunchSettings
         docker_network=get("WORKER_DOCKER_NETWORK"),
         cpus=_number(get("WORKER_CPUS"), "WORKER_CPUS", minimum=0.01),
         memory_mb=int(_number(get("WORKER_MEMORY_MB"), "WORKER_MEMORY_MB", minimum=64, integer=True)),
+        k8s_namespace=_k8s_name(get("K8S_NAMESPACE"), "K8S_NAMESPACE"),
+        # A Secret's name is the prefix, a dash and a role name of at most 10 characters.
+        k8s_secret_prefix=_k8s_name(get("K8S_SECRET_PREFIX"), "K8S_SECRET_PREFIX", longest=52),
+        k8s_kubeconfig=get("K8S_KUBECONFIG"),
+        k8s_poll_seconds=_number(get("K8S_POLL_SECONDS"), "K8S_POLL_SECONDS", minimum=0.1),
+        k8s_pod_timeout_seconds=_number(get("K8S_POD_TIMEOUT_SECONDS"), "K8S_POD_TIMEOUT_SECONDS", minimum=1),
     )
+
+
+def _k8s_name(value: str, name: str, longest: int = 63) -> str:
+    """A Kubernetes object name that is also a DNS label (RFC 1123): a namespace, a Secret's prefix."""
+    if len(value) > longest or not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", value):
+        raise SettingsError(f"{name} must be a Kubernetes name: at most {longest} of a-z, 0-9, '-' (not at an end)")
+    return value
 
 
 def _launch_mode(value: str) -> LaunchMode:

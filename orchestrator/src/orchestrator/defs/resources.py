@@ -1,4 +1,4 @@
-"""The worker launcher: the one place that knows whether a worker runs as a process or a container.
+"""The worker launcher: the one place that knows whether a worker runs as a process, a container or a pod.
 
 Nothing about how a worker starts can be set from run config: the launcher has no config fields,
 so a run config that names one is refused by Dagster before the run starts. Launch settings come
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -24,6 +25,7 @@ from orchestrator.defs.dagster_internals import (
     run_subprocess,
     worker_error,
 )
+from orchestrator.defs.pods import launch_pod
 from workers.catalogue import Worker, worker
 from workers.db_roles import db_url_for
 from workers.roles import role_credentials
@@ -53,7 +55,8 @@ Context = dg.AssetExecutionContext | dg.OpExecutionContext
 
 class WorkerLauncher(dg.ConfigurableResource):
     """Launches `python -m <WORKER_PACKAGE>.<name> --pipes` through Dagster Pipes, as a process
-    (WORKER_LAUNCH_MODE=subprocess, dev) or in the worker's image (docker)."""
+    (WORKER_LAUNCH_MODE=subprocess, dev), in the worker's image (docker) or as a pod of that
+    image (k8s)."""
 
     def materialize(
         self, *, context: dg.AssetExecutionContext, worker: str, extras: Mapping[str, Any] | None = None
@@ -76,56 +79,91 @@ class WorkerLauncher(dg.ConfigurableResource):
         raise dg.Failure(description=f"{worker} worker exited without reporting a result{exit_note}")
 
 
+@dataclass(frozen=True)
+class WorkerStart:
+    """What every launch mode starts for a worker, derived from its catalogue entry alone: the
+    process (subprocess), the container (docker) and the pod (k8s) differ only in how they run it."""
+
+    entry: Worker
+    image: str
+    command: tuple[str, ...]  # `python -m <package>.<name>`; PIPES_FLAG follows in every mode
+    env: Mapping[str, str]  # the declared settings the launching process holds
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def pipes_command(self) -> tuple[str, ...]:
+        return (*self.command, PIPES_FLAG)
+
+
+PIPES_FLAG = "--pipes"
+
+
+def worker_start(entry: Worker, settings: LaunchSettings, env: Mapping[str, str] = os.environ) -> WorkerStart:
+    # The command is named here, not taken from the image, so a worker without an image of its
+    # own (layouts, audit) runs its own module.
+    return WorkerStart(
+        entry=entry,
+        image=settings.image_for(entry.image),
+        command=("python", "-m", f"{settings.worker_package}.{entry.name}"),
+        env=worker_env(entry, env),
+    )
+
+
 def launch(context: Context, name: str, extras: Mapping[str, Any]) -> tuple[dg.PipesClientCompletedInvocation, str]:
     """Run the worker to completion; return its invocation and a note on how it exited."""
     try:
         settings = load_launch_settings()
-        entry = worker(name)
-        env = worker_env(entry)
+        start = worker_start(worker(name), settings)
     except (SettingsError, LookupError) as exc:
         raise dg.Failure(description=f"{name} worker not started: {exc}") from None
     if settings.mode == "docker":
-        return launch_container(context, entry, env, extras, settings)
-    command = [sys.executable, "-m", f"{settings.worker_package}.{entry.name}", "--pipes"]
+        return launch_container(context, start, extras, settings)
+    if settings.mode == "k8s":
+        return launch_pod(context, start, extras, settings)
     try:
-        return run_subprocess(context, command, {**process_basics(), **env}, extras), ""
+        return run_subprocess(context, plain_command(start), {**process_basics(), **start.env}, extras), ""
     except WorkerProcessFailed as exc:
         reason = worker_error(context) or str(exc)
         raise dg.Failure(description=f"{name} worker failed: {reason}") from None
 
 
+def plain_command(start: WorkerStart) -> list[str]:
+    """Dev mode's command: the worker's, run by this process's Python (not PATH's)."""
+    return [sys.executable, *start.pipes_command[1:]]
+
+
 def launch_container(
-    context: Context, entry: Worker, env: Mapping[str, str], extras: Mapping[str, Any], settings: LaunchSettings
+    context: Context, start: WorkerStart, extras: Mapping[str, Any], settings: LaunchSettings
 ) -> tuple[dg.PipesClientCompletedInvocation, str]:
     client = ContainerClient()
-    image = settings.image_for(entry.image)
     try:
         invocation = client.run(
             context=context,
-            image=image,
-            command=["--pipes"],
+            image=start.image,
+            command=[PIPES_FLAG],
             extras=dict(extras),
-            env=dict(env),
-            container_kwargs=container_kwargs(context, entry, settings),
+            env=dict(start.env),
+            container_kwargs=container_kwargs(context, start, settings),
         )
         return invocation, f" (container exited with code 0; output tail: {client.output_tail()})"
     except DagsterPipesError:
         reason = worker_error(context) or f"container exited with code {client.exit_code()}: {client.output_tail()}"
-        raise dg.Failure(description=f"{entry.name} worker failed: {reason}") from None
+        raise dg.Failure(description=f"{start.name} worker failed: {reason}") from None
     except docker.errors.DockerException as exc:
-        raise dg.Failure(description=f"{entry.name} worker could not start: {docker_problem(exc)}") from None
+        raise dg.Failure(description=f"{start.name} worker could not start: {docker_problem(exc)}") from None
     finally:
         if client.container is not None:
-            context.log.info(f"{entry.name} worker ran in container {client.container.short_id} of {image}")
+            context.log.info(f"{start.name} worker ran in container {client.container.short_id} of {start.image}")
         client.remove_container()
 
 
-def container_kwargs(context: Context, entry: Worker, settings: LaunchSettings) -> dict[str, Any]:
-    # The entrypoint is named here, not taken from the image, so a worker without an image of
-    # its own (layouts, audit) runs its own module.
+def container_kwargs(context: Context, start: WorkerStart, settings: LaunchSettings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
-        "entrypoint": ["python", "-m", f"{settings.worker_package}.{entry.name}"],
-        "labels": {CONTAINER_LABEL: entry.name, RUN_LABEL: context.run.run_id},
+        "entrypoint": list(start.command),
+        "labels": {CONTAINER_LABEL: start.name, RUN_LABEL: context.run.run_id},
         "nano_cpus": int(settings.cpus * 1e9),
         "mem_limit": f"{settings.memory_mb}m",
         # Without swap the memory limit is the limit: a worker over it is killed, not slowed.
