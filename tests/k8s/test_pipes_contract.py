@@ -107,3 +107,25 @@ def test_the_client_makes_only_the_calls_the_role_grants(platform_env, cluster, 
     assert materialize().success
     assert not materialize(fake_worker_asset(monkeypatch, "crashes")).success
     assert set(cluster.calls) <= granted(), set(cluster.calls) - granted()
+
+
+@pytest.mark.dagster_runs
+def test_a_pod_the_restricted_pod_security_standard_refuses_fails_the_step_naming_why(
+    platform_env, cluster, monkeypatch
+):
+    from orchestrator.defs import pods
+
+    restricted = pods.pod_spec
+
+    def privileged(start, settings):
+        spec = restricted(start, settings)
+        del spec["containers"][0]["securityContext"]["capabilities"]
+        return spec
+
+    monkeypatch.setattr(pods, "pod_spec", privileged)
+    result = materialize()
+
+    assert not result.success
+    message = failure_message(result)
+    assert "heartbeat worker could not start: the Kubernetes API answered 403" in message
+    assert "unrestricted capabilities" in message
