@@ -129,3 +129,40 @@ def test_a_pod_the_restricted_pod_security_standard_refuses_fails_the_step_namin
     message = failure_message(result)
     assert "heartbeat worker could not start: the Kubernetes API answered 403" in message
     assert "unrestricted capabilities" in message
+
+
+@pytest.mark.dagster_runs
+def test_the_intake_job_registers_and_stages_a_group_through_three_worker_pods(synced_layouts, cluster, s3_server):
+    from orchestrator.defs.intake.jobs import register_submission_from_group_job
+    from tests.helpers import drop_files
+
+    group = "inbox/acme/unknown/drop-k8s/"
+    drop_files(s3_server.client(), synced_layouts.bucket, group, {"medical_claims.csv": b"member,amount\n1,2\n"})
+    config = {"grouping_key": group, "grouping_method": "MARKER_FILE"}
+    result = register_submission_from_group_job.execute_in_process(
+        run_config={"ops": {"register_submission_from_group": {"config": config}}},
+        resources={"launcher": WorkerLauncher()},
+        raise_on_error=False,
+    )
+
+    assert result.success, failure_message(result)
+    workers = [pod["metadata"]["labels"]["health-intake/worker"] for pod in cluster.created]
+    assert workers == ["classifier", "registrar", "stager"]
+    staged = s3_server.client().list_objects_v2(Bucket=synced_layouts.bucket, Prefix="raw/")
+    assert any(item["Key"].endswith("medical_claims.csv") for item in staged.get("Contents", []))
+    assert cluster.pods == {}
+
+
+@pytest.mark.dagster_runs
+def test_a_context_too_large_for_a_pods_environment_fails_the_step_before_any_pod(platform_env, cluster):
+    files = [{"key": f"inbox/acme/unknown/big/part-{i:05d}-{i * 7919 % 100003}.csv", "size": i} for i in range(12_000)]
+
+    @dg.asset(name="heartbeat_with_a_large_group")
+    def _asset(context: dg.AssetExecutionContext, launcher: WorkerLauncher) -> dg.MaterializeResult:
+        return launcher.materialize(context=context, worker="heartbeat", extras={"files": files})
+
+    result = materialize(_asset)
+
+    assert not result.success
+    assert "over the 131072 a pod's environment variable may hold" in failure_message(result)
+    assert cluster.created == []

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -19,7 +20,7 @@ import kubernetes
 import urllib3.exceptions
 from dagster_k8s import PipesK8sClient
 from dagster_k8s.client import DagsterK8sError
-from dagster_pipes import DagsterPipesError
+from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, DagsterPipesError, encode_env_var
 
 from orchestrator.defs.dagster_internals import OUTPUT_TAIL_LINES, WORKER_UID, Context, worker_error, worker_lines
 from workers.catalogue import Worker
@@ -35,6 +36,26 @@ RUN_LABEL = "health-intake/run-id"
 LAUNCH_LABEL = "health-intake/launch"  # one per launch: a step's retry gets a pod of its own
 CONTAINER = "worker"
 PIPES_LINE = '{"__dagster_pipes_version"'
+# Linux refuses to exec a process with one environment string longer than this (MAX_ARG_STRLEN),
+# name, "=" and NUL included; the runtime starting the container fails with "argument list too long".
+LONGEST_ENV_STRING = 131072
+
+
+class EnvContextWithinLimit(dg.PipesEnvContextInjector):
+    """dagster-k8s's default injector (the context in the pod's DAGSTER_PIPES_CONTEXT), refusing
+    before any pod is created a context that no container could be started with: a group of some
+    3,500 files (docs/scale-out.md), where the pod would otherwise fail to start with a runtime error."""
+
+    @contextmanager
+    def inject_context(self, context_data) -> Iterator[Mapping[str, Any]]:
+        with super().inject_context(context_data) as params:
+            size = len(DAGSTER_PIPES_CONTEXT_ENV_VAR) + len(encode_env_var(params)) + 2
+            if size > LONGEST_ENV_STRING:
+                raise dg.Failure(
+                    description=f"the Pipes context is {size} bytes, over the {LONGEST_ENV_STRING} a pod's environment "
+                    "variable may hold: too large a group for Kubernetes mode (docs/scale-out.md, Large groups)"
+                )
+            yield params
 
 
 def secret_name(role: str, settings: LaunchSettings) -> str:
@@ -96,7 +117,11 @@ def launch_pod(
     context: Context, start: WorkerStart, extras: Mapping[str, Any], settings: LaunchSettings
 ) -> tuple[dg.PipesClientCompletedInvocation, str]:
     pod = WorkerPod(settings.k8s_namespace, uuid.uuid4().hex)
-    client = PipesK8sClient(kubeconfig_file=settings.k8s_kubeconfig or None, poll_interval=settings.k8s_poll_seconds)
+    client = PipesK8sClient(
+        context_injector=EnvContextWithinLimit(),
+        kubeconfig_file=settings.k8s_kubeconfig or None,
+        poll_interval=settings.k8s_poll_seconds,
+    )
     try:
         invocation = client.run(
             context=context,
