@@ -166,3 +166,24 @@ def test_a_context_too_large_for_a_pods_environment_fails_the_step_before_any_po
     assert not result.success
     assert "over the 131072 a pod's environment variable may hold" in failure_message(result)
     assert cluster.created == []
+
+
+@pytest.mark.dagster_runs
+def test_no_kubernetes_configuration_fails_the_step_saying_so(platform_env, cluster, monkeypatch, tmp_path):
+    monkeypatch.setenv("K8S_KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    result = materialize()
+
+    assert not result.success
+    assert "heartbeat worker could not start: no Kubernetes configuration" in failure_message(result)
+    assert cluster.calls == []
+
+
+@pytest.mark.dagster_runs
+def test_an_api_server_that_does_not_answer_fails_the_step_saying_so(platform_env, cluster, monkeypatch, tmp_path):
+    kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig-closed", NAMESPACE)
+    kubeconfig.write_text(kubeconfig.read_text().replace(cluster.url, "http://127.0.0.1:1"))
+    monkeypatch.setenv("K8S_KUBECONFIG", str(kubeconfig))
+    result = materialize()
+
+    assert not result.success
+    assert "heartbeat worker could not start: the Kubernetes API did not answer" in failure_message(result)
