@@ -216,6 +216,8 @@ class DevUpProcess:
     def start(self, timeout: float = 600) -> float:
         """Seconds until the log says 'UI ready'; RuntimeError with the log's tail if it exits or times out."""
         began = time.monotonic()
+        # The log is appended to across starts: wait for this start's "UI ready", not an earlier one's.
+        seen = self.log.read_text().count("UI ready") if self.log.exists() else 0
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 ["./dev_up.sh"],
@@ -226,7 +228,7 @@ class DevUpProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        while "UI ready" not in self.log.read_text():
+        while self.log.read_text().count("UI ready") <= seen:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"dev_up.sh exited ({self.proc.returncode}): {self.log.read_text()[-3000:]}")
             if time.monotonic() - began > timeout:

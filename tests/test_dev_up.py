@@ -86,7 +86,7 @@ def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
     assert private_modes(dev_up.copy) == (0o700, 0o600)
 
     done = in_dev_shell(dev_up.copy, MATERIALIZE)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, why(done)
 
     rows = in_dev_shell(dev_up.copy, SHOW_ROWS)
     assert rows.returncode == 0 and "phase0_ok" in rows.stdout
@@ -136,13 +136,20 @@ def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
     beats_before = in_dev_shell(dev_up.copy, SHOW_ROWS).stdout.count("phase0_ok")
     dev_up.start(timeout=900)
     again = in_dev_shell(dev_up.copy, MATERIALIZE)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 0, why(again)
     assert in_dev_shell(dev_up.copy, SHOW_ROWS).stdout.count("phase0_ok") == beats_before + 1
     dev_up.interrupt()
 
     RAN.add("./dev_up.sh")
     untested = [c for c in readme_commands() if c not in RAN and c != "make test"]
     assert untested == [], "README commands this test does not run"
+
+
+def why(done: subprocess.CompletedProcess) -> str:
+    """A failed command's reason: Dagster's "... worker failed: <reason>" lines come before a long
+    traceback, so they are named first, then the output's end."""
+    reasons = [line for line in done.stderr.splitlines() if "worker failed" in line or "Error:" in line]
+    return "\n".join(reasons[:5]) + "\n...\n" + done.stderr[-2000:]
 
 
 def private_modes(copy: Path) -> tuple[int, int]:

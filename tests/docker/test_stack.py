@@ -414,7 +414,15 @@ def test_a_worker_container_killed_mid_copy_is_retried_and_the_drop_ends_staged_
 
     seconds = wait_converged(stack, group, files)
     print(f"worker container killed mid-copy: staged {seconds:.0f} s after the kill")
-    (run,) = group_runs(stack, group)  # the step's own retry, in the same run
+    # Staged is recorded before the run ends (the receipt, the catalog's entry and the run's own
+    # end come after): wait for the run to end. The step's own retry, in the same run.
+    wait_for(
+        "the run's end",
+        lambda: all(r["status"] not in RUNNING for r in group_runs(stack, group)),
+        120,
+        lambda: group_runs(stack, group),
+    )
+    (run,) = group_runs(stack, group)
     assert run["status"] == "SUCCESS", run
     log = stack.graphql(
         "query($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events { __typename } } } }",
@@ -422,6 +430,9 @@ def test_a_worker_container_killed_mid_copy_is_retried_and_the_drop_ends_staged_
     )
     kinds = [event["__typename"] for event in log["logsForRun"]["events"]]
     assert "ExecutionStepUpForRetryEvent" in kinds, kinds
+
+
+RUNNING = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 
 
 def wait_for(what: str, check, timeout: float, explain) -> float:
