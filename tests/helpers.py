@@ -14,7 +14,7 @@ import os
 import secrets
 import subprocess
 import sys
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -241,3 +241,45 @@ def roles_env(endpoint: str = "http://s3:9000", keys: tuple[str, str] = ROOT, **
         **role_variables(),
         **extra,
     }
+
+
+# --- The seed document ---------------------------------------------------------------------------
+
+# The run config as the seed document prints it (its "Run the registration job manually" step);
+# examples/register_drop_001.yaml holds it verbatim.
+SEED_YAML = """\
+ops:
+  register_submission_from_group:
+    config:
+      grouping_key: inbox/acme/unknown/drop-001/
+      grouping_method: MARKER_FILE
+"""
+# The README's example drop, data first and the marker last (its "Try it" step).
+DROP = (
+    "aws s3 cp examples/drop-001/medical_claims.csv s3://health-raw/inbox/acme/unknown/drop-001/medical_claims.csv",
+    "aws s3 cp examples/_SUCCESS s3://health-raw/inbox/acme/unknown/drop-001/_SUCCESS",
+)
+
+
+# --- Submissions as rows -------------------------------------------------------------------------
+
+
+def add_submission(engine, submission_id: str, file_type: str, created: datetime, status: str = "registered") -> None:
+    """One of acme's submissions of `file_type`, registered at `created` (no objects behind it)."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(Submission).values(
+                submission_id=submission_id,
+                submitter_id="acme",
+                file_type=file_type,
+                grouping_key=f"inbox/acme/{file_type}/{submission_id}/",
+                grouping_method="MARKER_FILE",
+                content_hash=submission_id.ljust(64, "c"),
+                raw_prefix="raw/",
+                manifest_key="raw/m",
+                file_count=1,
+                total_bytes=1,
+                status=status,
+                created_at=created,
+            )
+        )

@@ -13,16 +13,13 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.helpers import DROP
 from tests.services import REPO, DevUpProcess, fresh_copy
 
 README = (REPO / "README.md").read_text()
 MATERIALIZE = "dagster asset materialize -m orchestrator.definitions --select bootstrap_heartbeat_asset"
 SHOW_ROWS = "python -m workers.tables bootstrap_heartbeat"
 LIST_OBJECTS = "aws s3 ls s3://health-raw/bootstrap/"
-DROP = (
-    "aws s3 cp examples/drop-001/medical_claims.csv s3://health-raw/inbox/acme/unknown/drop-001/medical_claims.csv",
-    "aws s3 cp examples/_SUCCESS s3://health-raw/inbox/acme/unknown/drop-001/_SUCCESS",
-)
 SHOW_SUBMISSIONS = "python -m workers.tables submission"
 LIST_RAW = "aws s3 ls --recursive s3://health-raw/raw/acme/"
 INTAKE_JOB_RUNS = """{ runsOrError(filter: {pipelineName: "register_submission_from_group_job"}) {

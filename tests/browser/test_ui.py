@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import DROP, SEED_YAML
 from tests.services import REPO, DevUpProcess, fresh_copy
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -33,18 +34,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# The seed document's "Run the registration job manually" step, as it prints the run config.
-SEED_YAML = """\
-ops:
-  register_submission_from_group:
-    config:
-      grouping_key: inbox/acme/unknown/drop-001/
-      grouping_method: MARKER_FILE
-"""
-DROP = (
-    "aws s3 cp examples/drop-001/medical_claims.csv s3://health-raw/inbox/acme/unknown/drop-001/medical_claims.csv",
-    "aws s3 cp examples/_SUCCESS s3://health-raw/inbox/acme/unknown/drop-001/_SUCCESS",
-)
 # dev mode's example feed that no example drop satisfies (workers/src/workers/feed_definitions.json).
 LATE_FEED_CHECK = "feed_acme_eligibility_monthly"
 

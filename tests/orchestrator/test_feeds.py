@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
 
 from orchestrator.definitions import defs
 from orchestrator.defs.intake import assets
 from orchestrator.defs.intake.feeds import FEEDS, expected_deliveries, feed_freshness_sensor, judge_feeds
 from orchestrator.defs.resources import WorkerLauncher
-from workers.db import Submission, make_engine
+from tests.helpers import add_submission
+from workers.db import make_engine
 
 ELIGIBILITY = "feed_acme_eligibility_monthly"
 CLAIMS = "feed_acme_medical_claims_weekly"
@@ -38,23 +38,7 @@ def instance():
 
 def deliver(url: str, submission_id: str, file_type: str, registered: datetime) -> None:
     engine = make_engine(url)
-    with engine.begin() as conn:
-        conn.execute(
-            sa.insert(Submission).values(
-                submission_id=submission_id,
-                submitter_id="acme",
-                file_type=file_type,
-                grouping_key=f"inbox/acme/unknown/{submission_id}/",
-                grouping_method="MARKER_FILE",
-                content_hash=submission_id.ljust(64, "c"),
-                raw_prefix=f"raw/acme/{file_type}/{submission_id}/",
-                manifest_key=f"raw/acme/{file_type}/{submission_id}/_manifest.json",
-                file_count=1,
-                total_bytes=10,
-                status="staged",
-                created_at=registered,
-            )
-        )
+    add_submission(engine, submission_id, file_type, registered, status="staged")
     engine.dispose()
 
 

@@ -16,20 +16,12 @@ from markdown_it import MarkdownIt
 from orchestrator.defs.intake.assets import sync_layout_registry
 from orchestrator.defs.intake.jobs import markdown_cell, markdown_table, register_submission_from_group_job
 from orchestrator.defs.resources import WorkerLauncher
-from tests.helpers import drop_files
+from tests.helpers import SEED_YAML, drop_files
 from tests.services import REPO
 from workers.inbox import file_id, group_id
 from workers.manifest import Manifest
 
 SEED_RUN_CONFIG = yaml.safe_load((REPO / "examples/register_drop_001.yaml").read_text())
-# The run config as the seed document prints it (its "Run the registration job manually" step).
-SEED_YAML = """\
-ops:
-  register_submission_from_group:
-    config:
-      grouping_key: inbox/acme/unknown/drop-001/
-      grouping_method: MARKER_FILE
-"""
 GROUP = "inbox/acme/unknown/drop-001/"
 
 

@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from tests.helpers import add_submission
 from workers import feeds, layouts
-from workers.db import Submission, make_engine
+from workers.db import make_engine
 from workers.feeds import Feed, judge
 from workers.runtime import WorkerError
 
@@ -173,26 +174,6 @@ def test_the_metadata_holds_times_and_the_feed_never_keys():
 
 
 # --- against the metadata DB ------------------------------------------------------------------
-
-
-def add_submission(engine, submission_id: str, file_type: str, created: datetime, status: str = "registered") -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            sa.insert(Submission).values(
-                submission_id=submission_id,
-                submitter_id="acme",
-                file_type=file_type,
-                grouping_key=f"inbox/acme/{file_type}/{submission_id}/",
-                grouping_method="MARKER_FILE",
-                content_hash=submission_id.ljust(64, "c"),
-                raw_prefix="raw/",
-                manifest_key="raw/m",
-                file_count=1,
-                total_bytes=1,
-                status=status,
-                created_at=created,
-            )
-        )
 
 
 def test_deliveries_are_the_submitters_submissions_of_the_type_duplicates_left_out(migrated_db_url):
