@@ -25,7 +25,6 @@ from orchestrator.defs.dagster_internals import (
     run_subprocess,
     worker_error,
 )
-from orchestrator.defs.pods import launch_pod
 from workers.catalogue import Worker, worker
 from workers.db_roles import db_url_for
 from workers.roles import role_credentials
@@ -122,6 +121,10 @@ def launch(context: Context, name: str, extras: Mapping[str, Any]) -> tuple[dg.P
     if settings.mode == "docker":
         return launch_container(context, start, extras, settings)
     if settings.mode == "k8s":
+        # dagster-k8s and the kubernetes client take about 0.9 s to import: only k8s mode pays it,
+        # not every run and step process of the other two.
+        from orchestrator.defs.pods import launch_pod
+
         return launch_pod(context, start, extras, settings)
     try:
         return run_subprocess(context, plain_command(start), {**process_basics(), **start.env}, extras), ""
