@@ -166,6 +166,73 @@ def load_intake_settings(env: Mapping[str, str] | None = None) -> IntakeSettings
     )
 
 
+DiscoveryMode = Literal["listing", "events"]
+DISCOVERY_MODES: tuple[DiscoveryMode, ...] = get_args(DiscoveryMode)
+EVENTS_DEFAULTS = {
+    "DISCOVERY_MODE": "listing",
+    "NATS_URL": "nats://127.0.0.1:4222",
+    "EVENTS_STREAM": "INBOX_EVENTS",
+    "EVENTS_SUBJECT": "health-intake.inbox",
+    "EVENTS_RETENTION_HOURS": "168",
+    "RECONCILE_MINUTES": "15",
+}
+# A stream or subject name NATS accepts everywhere (no wildcards, spaces or dots at the ends).
+NATS_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+NATS_SUBJECT = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    """How the inbox sensor learns of new objects (README "Discovery: bucket events or listing").
+
+    listing: every tick lists the whole inbox. events: every tick reads the bucket's put and delete
+    events from a NATS JetStream stream and lists only the groups they touch, with a full listing
+    every RECONCILE_MINUTES (and at any gap in the stream) as the backstop. NATS_URL can carry
+    credentials: it is never logged (see `nats_server`)."""
+
+    mode: DiscoveryMode
+    nats_url: str
+    stream: str
+    subject: str
+    retention_hours: float
+    reconcile_minutes: float
+
+    def __repr__(self) -> str:
+        return (
+            f"EventSettings(mode={self.mode!r}, nats_server={self.nats_server!r}, stream={self.stream!r}, "
+            f"subject={self.subject!r}, reconcile_minutes={self.reconcile_minutes:g})"
+        )
+
+    @property
+    def nats_server(self) -> str:
+        """The NATS server's host and port, without any credentials in NATS_URL."""
+        parts = urlsplit(self.nats_url)
+        return f"{parts.hostname}:{parts.port or 4222}"
+
+
+def load_event_settings(env: Mapping[str, str] | None = None) -> EventSettings:
+    get = _reader(env, EVENTS_DEFAULTS)
+    mode = get("DISCOVERY_MODE").lower()
+    if mode not in DISCOVERY_MODES:
+        raise SettingsError(f"DISCOVERY_MODE must be one of {', '.join(DISCOVERY_MODES)}")
+    url = get("NATS_URL")
+    if not url.startswith(("nats://", "tls://")):
+        raise SettingsError("NATS_URL must be a nats:// or tls:// address, such as nats://127.0.0.1:4222")
+    stream, subject = get("EVENTS_STREAM"), get("EVENTS_SUBJECT")
+    if not NATS_NAME.fullmatch(stream):
+        raise SettingsError("EVENTS_STREAM must be letters, digits, '-' or '_' (at most 64)")
+    if not NATS_SUBJECT.fullmatch(subject):
+        raise SettingsError("EVENTS_SUBJECT must be dot-separated tokens of letters, digits, '-' or '_'")
+    return EventSettings(
+        mode=mode,  # type: ignore[arg-type]  # checked against DISCOVERY_MODES just above
+        nats_url=url,
+        stream=stream,
+        subject=subject,
+        retention_hours=_number(get("EVENTS_RETENTION_HOURS"), "EVENTS_RETENTION_HOURS", minimum=1),
+        reconcile_minutes=_number(get("RECONCILE_MINUTES"), "RECONCILE_MINUTES", minimum=1),
+    )
+
+
 DB_CONNECT_DEFAULTS = {
     "DB_CONNECT_ATTEMPTS": "5",
     "DB_CONNECT_BACKOFF_SECONDS": "0.5",
