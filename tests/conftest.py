@@ -29,7 +29,7 @@ from workers.store import ensure_bucket
 
 # Fixtures shared across directories, kept in modules of their own (pytest reads pytest_plugins in
 # the root conftest only).
-pytest_plugins = ["tests.container_fixtures"]
+pytest_plugins = ["tests.container_fixtures", "tests.events_services"]
 
 # Markers by where a test lives (its path under the repository: a folder ending in "/" or a module).
 # pytest.ini says what each selects; -m picks any subset, e.g. -m reliability or -m "not containers".
