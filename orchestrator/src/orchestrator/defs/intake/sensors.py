@@ -59,7 +59,7 @@ def inbox_discovery_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResu
     report(context.log, evaluation, intake)
     observations = record_shallow(context.log, objects, evaluation.shallow_keys, intake)
     return dg.SensorResult(
-        run_requests=[run_request(complete) for complete in evaluation.complete],
+        run_requests=run_request(evaluation.complete),
         skip_reason=None if evaluation.complete else waiting_summary(evaluation),
         cursor=discovery.dump_state(evaluation.state),
         asset_events=observations,
@@ -149,19 +149,12 @@ def first(names: list[str]) -> str:
     return ", ".join(names[:SHOWN_NAMES]) + more
 
 
-def run_request(complete: discovery.CompleteGroup) -> dg.RunRequest:
-    group = complete.group
-    config = {"grouping_key": group.grouping_key, "grouping_method": complete.method}
-    return dg.RunRequest(
-        run_key=complete.run_key,
-        run_config={"ops": {"register_submission_from_group": {"config": config}}},
-        tags={
-            "health-intake/submitter": tag_value(group.submitter_id),
-            jobs.GROUP_TAG: group_id(group.grouping_key),
-            jobs.DROP_TAG: jobs.drop_tag(complete.run_key),
-            "health-intake/grouping-method": complete.method,
-        },
-    )
+def run_request(completes: list[discovery.CompleteGroup]) -> list[dg.RunRequest]:
+    """The tick's runs: the single-group job for a lone complete group, batch runs for several
+    (orchestrator.defs.intake.batches, which imports this module's tag_value)."""
+    from orchestrator.defs.intake import batches
+
+    return batches.run_requests(completes)
 
 
 def tag_value(text: str) -> str:

@@ -1,0 +1,81 @@
+"""The inbox sensor's run requests: one single-group run for a lone complete group, batch runs for more.
+
+A run's start-up (queue, run process, code load) cost more than a small drop's three workers, so
+a tick that finds many complete groups registers them BATCH_SIZE to a run
+(register_submissions_from_groups_job); each group still gets its own submission and outcome.
+
+Run keys. A lone group's is its drop's (group id @ content), as ever. A batch's names its drops
+(a digest of their run keys), so a replayed tick asks for nothing new; after a lost cursor the
+same groups can come back in another composition and run again, which registers nothing twice:
+the classifier and registrar find the content registered and the stager resumes or finds it done.
+
+Tags. Each group of a batch is a tag `health-intake/drop.<group id>` whose value is the drop's tag,
+so a drop's runs are found by tag in a batch as in a single-group run (RunsFilter on that pair).
+"""
+
+import hashlib
+
+import dagster as dg
+
+from orchestrator.defs.intake import jobs
+from orchestrator.defs.intake.sensors import tag_value
+from workers.discovery import CompleteGroup
+from workers.inbox import group_id
+
+# At ~2.5 s of workers per drop a batch of 25 takes about a minute: a later tick's groups wait no
+# longer than that for a free run slot, and a run retry repeats at most that.
+BATCH_SIZE = 25
+BATCH_TAG = "health-intake/batch"
+SUBMITTER_TAG = "health-intake/submitter"
+METHOD_TAG = "health-intake/grouping-method"
+
+
+def run_requests(completes: list[CompleteGroup]) -> list[dg.RunRequest]:
+    """The single-group job for one complete group; batch runs of up to BATCH_SIZE for several."""
+    if len(completes) == 1:
+        return [single_request(completes[0])]
+    return [batch_request(completes[i : i + BATCH_SIZE]) for i in range(0, len(completes), BATCH_SIZE)]
+
+
+def single_request(complete: CompleteGroup) -> dg.RunRequest:
+    group = complete.group
+    config = {"grouping_key": group.grouping_key, "grouping_method": complete.method}
+    return dg.RunRequest(
+        run_key=complete.run_key,
+        job_name=jobs.register_submission_from_group_job.name,
+        run_config={"ops": {"register_submission_from_group": {"config": config}}},
+        tags={
+            SUBMITTER_TAG: tag_value(group.submitter_id),
+            jobs.GROUP_TAG: group_id(group.grouping_key),
+            jobs.DROP_TAG: jobs.drop_tag(complete.run_key),
+            METHOD_TAG: complete.method,
+        },
+    )
+
+
+def batch_request(completes: list[CompleteGroup]) -> dg.RunRequest:
+    groups = [{"grouping_key": c.group.grouping_key, "grouping_method": c.method} for c in completes]
+    key = batch_key(completes)
+    tags = {BATCH_TAG: key, **{drop_tag_key(c): jobs.drop_tag(c.run_key) for c in completes}}
+    for name, values in (
+        (SUBMITTER_TAG, {c.group.submitter_id for c in completes}),
+        (METHOD_TAG, {c.method for c in completes}),
+    ):
+        if len(values) == 1:
+            tags[name] = tag_value(values.pop())
+    return dg.RunRequest(
+        run_key=key,
+        job_name=jobs.register_submissions_from_groups_job.name,
+        run_config={"ops": {"register_submissions_from_groups": {"config": {"groups": groups}}}},
+        tags=tags,
+    )
+
+
+def batch_key(completes: list[CompleteGroup]) -> str:
+    """The batch's identity + version: its drops' run keys, in any order."""
+    digest = hashlib.sha256("\n".join(sorted(c.run_key for c in completes)).encode()).hexdigest()[:16]
+    return f"batch-{len(completes)}-{digest}"
+
+
+def drop_tag_key(complete: CompleteGroup) -> str:
+    return f"{jobs.DROP_TAG}.{group_id(complete.group.grouping_key)}"
