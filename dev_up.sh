@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Dev mode in one command: .venv, migrations on SQLite, an S3 endpoint, the bucket, and
-# `dagster dev` on :3000. Re-running is safe; Ctrl-C stops everything this script started.
-# Overrides: DAGSTER_PORT, METADATA_DB_URL, MINIO_ENDPOINT, MINIO_ACCESS_KEY, MINIO_SECRET_KEY, MINIO_BUCKET.
+# Dev mode in one command: .venv, migrations on SQLite, an S3 endpoint, the bucket, NATS and the
+# bucket-events bridge, and `dagster dev` on :3000. Re-running is safe; Ctrl-C stops everything
+# this script started.
+# Overrides: DAGSTER_PORT, METADATA_DB_URL, MINIO_ENDPOINT, MINIO_ACCESS_KEY, MINIO_SECRET_KEY, MINIO_BUCKET,
+# NATS_URL, DISCOVERY_MODE.
 set -euo pipefail
 cd "$(dirname "$0")"
 root=$(pwd)
 
 say() { echo "dev_up: $*"; }
 die() { echo "dev_up: error: $*" >&2; exit 1; }
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_busy() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
 s3_answers() { curl -s -o /dev/null --max-time 2 "$1"; }
 
 DAGSTER_PORT=${DAGSTER_PORT:-3000}
@@ -82,10 +84,11 @@ if ! dagster asset materialize -m orchestrator.definitions --select sync_layout_
   die "the layout sync failed; see .local/layout_sync.log"
 fi
 
+s3_port=$(python -c 'import os, urllib.parse as u; print(u.urlsplit(os.environ["MINIO_ENDPOINT"]).port or 80)')
+own_seaweedfs=0
 if s3_answers "$MINIO_ENDPOINT"; then
   say "using the S3 endpoint already answering at $MINIO_ENDPOINT"
 else
-  s3_port=$(python -c 'import os, urllib.parse as u; print(u.urlsplit(os.environ["MINIO_ENDPOINT"]).port or 80)')
   case "$MINIO_ENDPOINT" in
     http://127.0.0.1:*|http://localhost:*) ;;
     *) die "nothing answers at MINIO_ENDPOINT=$MINIO_ENDPOINT, and it is not local, so no server can be started for it" ;;
@@ -97,6 +100,7 @@ else
   else
     say "starting the embedded S3 server (SeaweedFS) on :$s3_port (data in .local/s3, log .local/s3.log)"
     start_group .local/s3.log scripts/s3_server.sh .local/s3 "$s3_port"
+    own_seaweedfs=1
   fi
   for _ in $(seq 1 120); do s3_answers "$MINIO_ENDPOINT" && break; sleep 1; done
   if ! s3_answers "$MINIO_ENDPOINT"; then
@@ -113,6 +117,45 @@ if ! check=$(python -m workers.store check 2>&1); then
   die "the object store at $MINIO_ENDPOINT failed the store check (BAD lines above)"
 fi
 say "store check passed (object lock, conditional requests, version deletes)"
+
+# Bucket events (README "Bucket events in dev mode"): NATS with JetStream, by default on the port
+# after the S3 server's internals (S3 port + 10009); a server already answering at NATS_URL is used.
+NATS_URL=${NATS_URL:-nats://127.0.0.1:$((s3_port + 10009))}
+read -r nats_host nats_port < <(NATS_URL=$NATS_URL python -c \
+  'import os, urllib.parse as u; p = u.urlsplit(os.environ["NATS_URL"]); print(p.hostname, p.port or 4222)')
+if port_busy "$nats_port" "$nats_host"; then
+  say "using the NATS server already answering at $nats_host:$nats_port"
+else
+  case "$nats_host" in
+    127.0.0.1|localhost) ;;
+    *) die "nothing answers at NATS_URL ($nats_host:$nats_port), and it is not local, so no server can be started for it" ;;
+  esac
+  say "starting NATS (JetStream) on :$nats_port (data in .local/nats, log .local/nats.log)"
+  start_group .local/nats.log "$root/.venv/bin/nats-server" -js -a 127.0.0.1 -p "$nats_port" -sd "$root/.local/nats"
+  for _ in $(seq 1 60); do port_busy "$nats_port" && break; sleep 0.5; done
+  port_busy "$nats_port" || { tail -n 5 .local/nats.log >&2; die "NATS did not start on :$nats_port; see .local/nats.log"; }
+fi
+# Events need a producer: the bridge for the SeaweedFS started here; another store must publish its
+# own notifications to this stream (MinIO's NATS target, as in Docker mode).
+if [ "$own_seaweedfs" = 1 ]; then
+  say "starting the bucket-events bridge (SeaweedFS filer log -> NATS; log .local/bridge.log)"
+  subscriptions() { { grep -s "bridge: subscribed" .local/bridge.log || true; } | wc -l; }
+  before=$(subscriptions)
+  SEAWEEDFS_FILER_GRPC=127.0.0.1:$((${S3_INTERNAL_PORT_BASE:-$((s3_port + 10000))} + 6)) NATS_URL=$NATS_URL \
+    start_group .local/bridge.log python -m workers.bridge
+  for _ in $(seq 1 60); do
+    [ "$(subscriptions)" -gt "$before" ] && break
+    sleep 0.5
+  done
+  [ "$(subscriptions)" -gt "$before" ] || say "warning: the bridge has not subscribed yet (it keeps trying); see .local/bridge.log"
+  DISCOVERY_MODE=${DISCOVERY_MODE:-events}
+else
+  say "no bridge: events mode needs $MINIO_ENDPOINT's own bucket notifications into NATS (README \"Bucket events in dev mode\")"
+  DISCOVERY_MODE=${DISCOVERY_MODE:-listing}
+fi
+printf 'export NATS_URL=%q\nexport DISCOVERY_MODE=%q\n' "$NATS_URL" "$DISCOVERY_MODE" >> .local/dev.env
+export NATS_URL DISCOVERY_MODE
+say "inbox discovery: DISCOVERY_MODE=$DISCOVERY_MODE"
 
 say "starting dagster dev on http://127.0.0.1:$DAGSTER_PORT (log .local/dagster.log)"
 start_group .local/dagster.log dagster dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT"

@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.events_services import stream_messages
 from tests.helpers import DROP
 from tests.services import REPO, DevUpProcess, fresh_copy
+from workers.events import parse_document
+from workers.settings import load_event_settings
 
 README = (REPO / "README.md").read_text()
 MATERIALIZE = "dagster asset materialize -m orchestrator.definitions --select bootstrap_heartbeat_asset"
@@ -115,6 +118,7 @@ def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
         time.sleep(3)
     raw = in_dev_shell(dev_up.copy, LIST_RAW).stdout
     assert "medical_claims.csv" in raw and "_manifest.generated.json" in raw
+    assert_the_drop_reached_the_event_stream(dev_up)
     assert_no_key_removes_the_staged_versions(dev_up)
     walk_through_by_hand(dev_up)
 
@@ -128,6 +132,7 @@ def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
     assert dev_up.interrupt() != 0
     assert "dev_up: stopped" in dev_up.log.read_text()
     assert not listening(dev_up.dagster_port) and not listening(dev_up.s3_port)
+    assert not listening(nats_port(dev_up)) and "bridge: stopped" in (dev_up.copy / ".local/bridge.log").read_text()
 
     # Re-running is safe: the venv, the DB and the bucket are reused.
     beats_before = in_dev_shell(dev_up.copy, SHOW_ROWS).stdout.count("phase0_ok")
@@ -140,6 +145,22 @@ def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
     RAN.add("./dev_up.sh")
     untested = [c for c in readme_commands() if c not in RAN and c != "make test"]
     assert untested == [], "README commands this test does not run"
+
+
+def nats_port(dev_up: DevUpProcess) -> int:
+    """dev_up.sh's NATS: the port after its S3 server's internals."""
+    return dev_up.s3_port + 10009
+
+
+def assert_the_drop_reached_the_event_stream(dev_up: DevUpProcess) -> None:
+    """dev_up started NATS and the bridge beside its SeaweedFS and chose events mode; the drop's
+    objects are put events in the stream."""
+    env = (dev_up.copy / ".local/dev.env").read_text()
+    url = f"nats://127.0.0.1:{nats_port(dev_up)}"
+    assert f"export NATS_URL={url}" in env and "export DISCOVERY_MODE=events" in env
+    events = load_event_settings({"NATS_URL": url})
+    found = {(kind, key) for m in stream_messages(events) for kind, _, key in parse_document(m.body)}
+    assert {("put", command.rsplit("s3://health-raw/", 1)[1]) for command in DROP} <= found
 
 
 def why(done: subprocess.CompletedProcess) -> str:
