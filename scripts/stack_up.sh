@@ -7,7 +7,7 @@
 set -uo pipefail
 read -r -a COMPOSE <<< "${COMPOSE:-docker-compose}"
 # Every service in docker-compose.yml with `restart: "no"` (tests/docker/test_compose_names.py).
-ONE_SHOT_STEPS=(migrations db_roles minio_init store_check roles_render roles_apply roles_check ui_auth_render)
+ONE_SHOT_STEPS=(migrations db_roles minio_init events_init store_check roles_render roles_apply roles_check ui_auth_render)
 TAIL_LINES=20
 
 say() { echo "make up: $*" >&2; }
