@@ -99,6 +99,35 @@ def test_restarted_bridge_publishes_no_duplicate_and_misses_nothing(s3_server, b
     assert log.read_text().count("subscribed from the checkpoint") == 1
 
 
+def test_bridge_restarted_after_the_duplicate_window_skips_what_it_published(
+    s3_server, bucket, event_settings, tmp_path
+):
+    """A stream with a 1 s duplicate window stands in for a bridge down longer than 10 minutes: the
+    overlap's events are skipped, not stored again (at most the checkpoint's own event repeats)."""
+    asyncio.run(create_stream(event_settings, duplicate_window=1.0))
+    s3, log = s3_server.client(), tmp_path / "bridge.log"
+    with running_bridge(s3_server, bucket, event_settings, log):
+        put(s3, bucket, keys(range(5)))
+        wait_for_events(event_settings, bucket, 5)
+    time.sleep(1.5)
+    with running_bridge(s3_server, bucket, event_settings, log):
+        put(s3, bucket, keys(range(5, 7)))
+        found = wait_for_events(event_settings, bucket, 7)
+    assert set(found) == {("put", key) for key in keys(range(7))}
+    assert len(found) <= 8, Counter(found)
+
+
+async def create_stream(settings: EventSettings, duplicate_window: float) -> None:
+    from nats.js import api
+
+    nc = await connect(settings)
+    try:
+        config = api.StreamConfig(name=settings.stream, subjects=[settings.subject], duplicate_window=duplicate_window)
+        await nc.jetstream().add_stream(config)
+    finally:
+        await nc.close()
+
+
 def test_nats_killed_while_objects_are_put_loses_nothing(s3_server, bucket, event_settings, nats_server, tmp_path):
     s3 = s3_server.client()
     log = tmp_path / "bridge.log"

@@ -8,13 +8,14 @@ replay within the stream's duplicate window adds nothing, and with the filer tim
 the `Health-Intake-Filer-Ts-Ns` header. That header on the stream's last message is the checkpoint:
 it is written in the same publish as the event it follows, so it can never be ahead of what the
 stream holds, and a bridge restarted after a crash, with no file of its own to lose, goes on from
-it (less OVERLAP). No last message (a new or emptied stream): it starts from now, and the reader
+it (less a 2 s overlap, which the duplicate window drops; after a longer outage than that window,
+events before the checkpoint are skipped instead). No last message (a new or emptied stream): it starts from now, and the reader
 sees the gap (a new stream) and lists the inbox in full.
 
 In a versioned bucket (ours: Object Lock) an object's versions live in `<key>.versions/v_<id>`:
 a new version is a put of `<key>`, a new delete marker or a removed version a delete; updates of
 an existing version (SeaweedFS marking it no longer latest) say nothing new. Keys can carry PHI:
-they go into message bodies only, never into headers or the log lines (those name a file_id).
+they go into message bodies only, never into headers or log lines (the bridge logs no object).
 """
 
 from __future__ import annotations
@@ -27,9 +28,18 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
-from workers.events import EventKind, EventsUnavailable, connect, describe, ensure_stream, event_document
+from workers.events import (
+    DUPLICATE_WINDOW,
+    EventKind,
+    EventsUnavailable,
+    connect,
+    describe,
+    ensure_stream,
+    event_document,
+)
 from workers.settings import EventSettings, SettingsError, load_event_settings, load_intake_settings, load_settings
 
 CHECKPOINT_HEADER = "Health-Intake-Filer-Ts-Ns"
@@ -158,16 +168,28 @@ class Outage:
         self.subscribed, self.since, self.wait = True, None, BACKOFF_FIRST
 
 
-async def read_checkpoint(js, settings: EventSettings) -> int | None:
-    """The filer time of the last event the bridge published: its header on the stream's last message."""
+@dataclass(frozen=True)
+class Checkpoint:
+    ts_ns: int  # the filer time of the last event published
+    stale: bool  # published longer ago than the duplicate window: a repeat would be stored again
+
+
+async def read_checkpoint(js, settings: EventSettings) -> Checkpoint | None:
+    """The bridge's checkpoint: its header on the stream's last message (creating the stream when
+    it does not exist)."""
     from nats.js.errors import NotFoundError
 
+    info = await ensure_stream(js, settings)
+    window = timedelta(seconds=info.config.duplicate_window or DUPLICATE_WINDOW.total_seconds())
     try:
         last = await js.get_last_msg(settings.stream, settings.subject)
     except NotFoundError:
         return None
     value = (last.headers or {}).get(CHECKPOINT_HEADER, "")
-    return int(value) if value.isdigit() else None
+    if not value.isdigit():
+        return None
+    stale = last.time is None or datetime.now(UTC) - last.time > window
+    return Checkpoint(int(value), stale)
 
 
 async def follow(settings: BridgeSettings, outage: Outage, client_id: int, epoch: int) -> None:
@@ -175,40 +197,50 @@ async def follow(settings: BridgeSettings, outage: Outage, client_id: int, epoch
     something fails (the caller waits and starts another)."""
     import grpc  # type: ignore[import-untyped]  # grpcio ships no types (types-grpcio is not installed)
 
-    from workers import filer_pb
-
     nc = await connect(settings.events)
     channel = grpc.aio.insecure_channel(settings.filer_grpc, options=[("grpc.keepalive_time_ms", 20_000)])
     try:
         js = nc.jetstream(timeout=5.0)
-        await ensure_stream(js, settings.events)
         checkpoint = await read_checkpoint(js, settings.events)
-        since = (checkpoint if checkpoint is not None else time.time_ns()) - OVERLAP_NS
+        since = (checkpoint.ts_ns if checkpoint is not None else time.time_ns()) - OVERLAP_NS
+        # Past the duplicate window JetStream would store the overlap's events again: those before
+        # the checkpoint are skipped instead (the filer logs in time order; at worst the
+        # checkpoint's own event is published twice, never one lost).
+        skip_before = checkpoint.ts_ns if checkpoint is not None and checkpoint.stale else 0
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout=5.0)
         except TimeoutError:
             raise ConnectionError(f"filer {settings.filer_grpc} not reachable") from None
-        subscribe = channel.unary_stream(
-            filer_pb.SUBSCRIBE_METADATA,
-            request_serializer=lambda message: message.SerializeToString(),
-            response_deserializer=filer_pb.SubscribeMetadataResponse.FromString,
-        )
-        request = filer_pb.SubscribeMetadataRequest(
-            client_name=CLIENT_NAME,
-            path_prefix=settings.path_prefix,
-            since_ns=since,
-            # Without a client id and epoch the filer ends the stream after the history.
-            client_id=client_id,
-            client_epoch=epoch,
-        )
         outage.ended(f"subscribed from {'the checkpoint' if checkpoint is not None else 'now (no checkpoint)'}")
-        async for response in subscribe(request):
-            for event in (response, *response.events):
-                for change in object_changes(event, settings.bucket_root, settings.inbox_prefix):
+        async for event in filer_events(channel, settings.path_prefix, since, client_id, epoch):
+            for change in object_changes(event, settings.bucket_root, settings.inbox_prefix):
+                if change.ts_ns >= skip_before:
                     await publish(js, settings, change)
     finally:
         await channel.close()
         await nc.close()
+
+
+async def filer_events(channel, path_prefix: str, since_ns: int, client_id: int, epoch: int):
+    """The filer's metadata events under `path_prefix` from `since_ns` on, then live, without end."""
+    from workers import filer_pb
+
+    subscribe = channel.unary_stream(
+        filer_pb.SUBSCRIBE_METADATA,
+        request_serializer=lambda message: message.SerializeToString(),
+        response_deserializer=filer_pb.SubscribeMetadataResponse.FromString,
+    )
+    request = filer_pb.SubscribeMetadataRequest(
+        client_name=CLIENT_NAME,
+        path_prefix=path_prefix,
+        since_ns=since_ns,
+        # Without a client id and epoch the filer ends the stream after the history.
+        client_id=client_id,
+        client_epoch=epoch,
+    )
+    async for response in subscribe(request):
+        for event in (response, *response.events):  # a batch only when asked for; harmless
+            yield event
 
 
 async def publish(js, settings: BridgeSettings, change: ObjectChange) -> None:
