@@ -7,7 +7,8 @@ skips pip and never writes into the shared venv. Two phases:
 - latency: single drops one after another, each timed from its marker's upload to its
   submission's staged_at;
 - throughput: K drops at once, submissions per hour from the first marker to the last staged.
-Each run's start-up comes from Dagster's GraphQL: run creation to its first step's start.
+Each run's start-up comes from Dagster's GraphQL: run creation to its first step's start. A drop in a
+batch run (register_submissions_from_groups_job) shares its run's figures with the batch's other drops.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from workers.inbox import group_id
 
 BUCKET = "health-raw"
 CLAIMS = "member_id,amount\n1,10\n2,{drop}\n"
-RUNS_QUERY = """{ runsOrError(filter: {pipelineName: "register_submission_from_group_job"}) {
-  ... on Runs { results { runId status creationTime startTime endTime tags { key value }
+JOBS = ("register_submission_from_group_job", "register_submissions_from_groups_job")
+RUNS_QUERY = """{ runsOrError {
+  ... on Runs { results { runId pipelineName status creationTime startTime endTime tags { key value }
     stepStats { stepKey startTime endTime }
     eventConnection { events { __typename ... on MessageEvent { timestamp } } } } } } }"""
 # Run lifecycle events, in order: the gaps between them split a run's start-up.
@@ -86,8 +88,7 @@ def wait_staged(platform: DevUp, keys: set[str], timeout: float) -> dict[str, da
         if keys <= staged.keys():
             return {k: staged[k] for k in keys}
         if time.monotonic() > deadline:
-            runs = platform.graphql(RUNS_QUERY)["runsOrError"]["results"]
-            statuses = sorted(f"{tag_value(run, 'health-intake/group')}: {run['status']}" for run in runs)
+            statuses = sorted(f"{', '.join(groups_of(run))}: {run['status']}" for run in registration_runs(platform))
             raise RuntimeError(
                 f"{len(keys - staged.keys())} of {len(keys)} drops not staged in {timeout:.0f} s; runs: {statuses}; "
                 f"dagster.log ends: {(platform.copy / '.local/dagster.log').read_text()[-3000:]}"
@@ -165,8 +166,8 @@ def finished_runs(platform: DevUp, groups: set[str], timeout: float = 120) -> di
     """group id -> its successful run; the submission is staged a moment before its run ends."""
     deadline = time.monotonic() + timeout
     while True:
-        runs = platform.graphql(RUNS_QUERY)["runsOrError"]["results"]
-        by_group = {tag_value(run, "health-intake/group"): run for run in runs if run["status"] == "SUCCESS"}
+        runs = registration_runs(platform)
+        by_group = {group: run for run in runs if run["status"] == "SUCCESS" for group in groups_of(run)}
         if groups <= by_group.keys():
             return by_group
         if time.monotonic() > deadline:
@@ -174,8 +175,15 @@ def finished_runs(platform: DevUp, groups: set[str], timeout: float = 120) -> di
         time.sleep(0.5)
 
 
-def tag_value(run: dict, key: str) -> str | None:
-    return next((t["value"] for t in run["tags"] if t["key"] == key), None)
+def registration_runs(platform: DevUp) -> list[dict]:
+    return [run for run in platform.graphql(RUNS_QUERY)["runsOrError"]["results"] if run["pipelineName"] in JOBS]
+
+
+def groups_of(run: dict) -> list[str]:
+    """The group ids a run registers: its group tag, or a batch's drop tags (health-intake/drop.<group id>)."""
+    single = [t["value"] for t in run["tags"] if t["key"] == "health-intake/group"]
+    batch = [t["key"].split(".", 1)[1] for t in run["tags"] if t["key"].startswith("health-intake/drop.")]
+    return single + batch
 
 
 def summary(rows: list[dict]) -> dict:

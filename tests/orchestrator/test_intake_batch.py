@@ -58,6 +58,10 @@ def materializations(instance: dg.DagsterInstance) -> list[dict]:
 # --- the sensor's requests ---------------------------------------------------------------------
 
 
+def test_no_complete_group_asks_for_no_run():
+    assert batches.run_requests([]) == []
+
+
 def test_a_lone_complete_group_gets_the_single_group_job_as_before():
     (request,) = batches.run_requests([complete("inbox/acme/unknown/drop-001/")])
 
@@ -78,7 +82,7 @@ def test_a_lone_complete_group_gets_the_single_group_job_as_before():
     }
 
 
-def test_many_complete_groups_are_batched_each_group_in_exactly_one_run():
+def test_many_complete_groups_are_batched_evenly_each_group_in_exactly_one_run():
     completes = [complete(key) for key in keys(60)]
 
     requests = batches.run_requests(completes)
@@ -86,11 +90,8 @@ def test_many_complete_groups_are_batched_each_group_in_exactly_one_run():
     assert [r.job_name for r in requests] == ["register_submissions_from_groups_job"] * 3
     groups = [g for r in requests for g in r.run_config["ops"]["register_submissions_from_groups"]["config"]["groups"]]
     assert [g["grouping_key"] for g in groups] == keys(60)
-    assert [len(r.run_config["ops"]["register_submissions_from_groups"]["config"]["groups"]) for r in requests] == [
-        25,
-        25,
-        10,
-    ]
+    sizes = [len(r.run_config["ops"]["register_submissions_from_groups"]["config"]["groups"]) for r in requests]
+    assert sizes == [20, 20, 20]
     assert len({r.run_key for r in requests}) == 3
 
 
@@ -219,3 +220,17 @@ def test_the_same_groups_again_in_another_batch_register_nothing_twice(synced_la
     after = submissions(synced_layouts.metadata_db_url)
     assert len(after) == 3 and {k: after[k] for k in first} == first
     assert {status for _, status in after.values()} == {"staged"}
+
+
+def test_each_drop_of_a_batch_run_can_be_asked_for_again_alone():
+    """What the sweeper needs of a failed batch run: its drops, and one drop's single-group run."""
+    completes = [complete(key) for key in keys(3)]
+    (request,) = batches.run_requests(completes)
+    (alone,) = batches.run_requests(completes[1:2])
+
+    drops = batches.drops_of(request.tags)
+    run_config, tags = batches.single_group_run(request.tags, request.run_config, group_id(keys(3)[1]))
+
+    assert drops == {c.run_key.replace("@", "_"): group_id(c.group.grouping_key) for c in completes}
+    assert batches.drops_of(alone.tags) == {alone.tags[DROP_TAG]: alone.tags[GROUP_TAG]}
+    assert (run_config, tags) == (alone.run_config, alone.tags)

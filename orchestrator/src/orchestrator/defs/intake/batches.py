@@ -14,6 +14,7 @@ so a drop's runs are found by tag in a batch as in a single-group run (RunsFilte
 """
 
 import hashlib
+from collections.abc import Mapping
 
 import dagster as dg
 
@@ -32,9 +33,12 @@ METHOD_TAG = "health-intake/grouping-method"
 
 def run_requests(completes: list[CompleteGroup]) -> list[dg.RunRequest]:
     """The single-group job for one complete group; batch runs of up to BATCH_SIZE for several."""
-    if len(completes) == 1:
-        return [single_request(completes[0])]
-    return [batch_request(completes[i : i + BATCH_SIZE]) for i in range(0, len(completes), BATCH_SIZE)]
+    if len(completes) <= 1:
+        return [single_request(c) for c in completes]
+    # Batches of equal size (30 groups: 15 + 15, not 25 + 5), so the runs end together.
+    count = -(-len(completes) // BATCH_SIZE)
+    size = -(-len(completes) // count)
+    return [batch_request(completes[i : i + size]) for i in range(0, len(completes), size)]
 
 
 def single_request(complete: CompleteGroup) -> dg.RunRequest:
@@ -79,3 +83,24 @@ def batch_key(completes: list[CompleteGroup]) -> str:
 
 def drop_tag_key(complete: CompleteGroup) -> str:
     return f"{jobs.DROP_TAG}.{group_id(complete.group.grouping_key)}"
+
+
+# --- what intake_sweeper needs to take up a drop of a failed batch run -----------------------------
+
+
+def drops_of(tags: Mapping[str, str]) -> dict[str, str]:
+    """A registration run's drops, drop tag -> group id: a single-group run's one, or a batch's."""
+    if jobs.DROP_TAG in tags:
+        return {tags[jobs.DROP_TAG]: tags.get(jobs.GROUP_TAG, "")}
+    prefix = jobs.DROP_TAG + "."
+    return {value: key.removeprefix(prefix) for key, value in tags.items() if key.startswith(prefix)}
+
+
+def single_group_run(tags: Mapping[str, str], run_config: Mapping, group: str) -> tuple[dict, dict[str, str]]:
+    """For one group of a batch run: the single-group job's run config and tags, as the sensor
+    would have asked for it alone (the sweeper asks again for one drop, not for its whole batch)."""
+    groups = run_config["ops"]["register_submissions_from_groups"]["config"]["groups"]
+    config = next(g for g in groups if group_id(g["grouping_key"]) == group)
+    kept = {k: v for k, v in tags.items() if k in (SUBMITTER_TAG, METHOD_TAG)}
+    single_tags = {**kept, jobs.GROUP_TAG: group, jobs.DROP_TAG: tags[f"{jobs.DROP_TAG}.{group}"]}
+    return {"ops": {"register_submission_from_group": {"config": dict(config)}}}, single_tags
