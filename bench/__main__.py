@@ -37,7 +37,9 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--staging-mib", type=int, default=1024, help="size of the staged submission")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per discovery size and staging")
     parser.add_argument("--launch-repeats", type=int, default=7, help="timed rounds of each launch")
-    parser.add_argument("--e2e-drops", type=int, default=10, help="drops put at once through dagster dev")
+    parser.add_argument(
+        "--e2e-drops", type=int, default=100, help="drops put at once through dagster dev (issue 15's burst)"
+    )
     parser.add_argument("--e2e-singles", type=int, default=3, help="drops put one at a time (latency)")
     parser.add_argument("--sensor-interval", type=int, default=5, help="SENSOR_INTERVAL_SECONDS for end to end")
     parser.add_argument("--skip", type=lambda s: [p for p in s.split(",") if p], default=[], help=f"of {PARTS}")
