@@ -9,8 +9,10 @@ worker image, run after the bucket exists and NATS answers):
 SeaweedFS (the S3 stand-in) has no notification configuration: it reads `PUT ?notification` as a
 bucket creation and refuses it (BucketAlreadyOwnedByYou, or BucketAlreadyExists where identities
 are configured). A refusal from a server that names itself SeaweedFS is therefore said and the
-step succeeds, as the stand-in publishes its events itself (images/standins/s3-entrypoint.sh runs
-workers.bridge). Any other refusal (MinIO without the NATS target: InvalidArgument) fails the step.
+step succeeds: the S3 stand-in publishes its events itself (images/standins/s3-entrypoint.sh runs
+workers.bridge); the compose file's `seaweedfs` profile has no bridge, so it wants
+DISCOVERY_MODE=listing. Any other refusal (MinIO without the NATS target: InvalidArgument) fails
+the step.
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ def bind_inbox(s3, bucket: str, inbox_prefix: str) -> str:
         server = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("server", "")
         if not server.startswith(NO_NOTIFICATION_API):
             raise
-        return f"{server} takes no bucket notification ({store.error_code(exc)}): its own bridge publishes"
+        return (
+            f"{server} takes no bucket notification ({store.error_code(exc)}): its events come only from a"
+            " workers.bridge following its filer (the S3 stand-in runs one)"
+        )
     return f"bucket {bucket}: put and delete under {inbox_prefix} go to {TARGET_ARN}"
 
 
