@@ -10,6 +10,7 @@ no port).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -20,6 +21,8 @@ import boto3
 import docker.errors
 import pytest
 import yaml
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
 
 from tests.containers import compose_env_file
 from tests.services import REPO, free_port_block
@@ -111,6 +114,50 @@ def test_the_s3_stand_in_runs_the_bridge_where_minios_nats_target_is_on():
     entrypoint = (REPO / "images/standins/s3-entrypoint.sh").read_text()
     assert '"${MINIO_NOTIFY_NATS_ENABLE_PRIMARY:-off}" = on' in entrypoint
     assert "python -m workers.bridge" in entrypoint and "SEAWEEDFS_FILER_GRPC=127.0.0.1:18888" in entrypoint
+
+
+def events_init_module():
+    spec = importlib.util.spec_from_file_location("events_init", REPO / "images/events_init.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stubbed_s3(error: tuple[str, str] | None = None):
+    """A real boto3 client answered by botocore's Stubber: MinIO cannot be had here, and this checks
+    only the request events_init sends and what it does with a refusal, by the server that refuses."""
+    s3 = boto3.client("s3", endpoint_url="http://store:9000", region_name="us-east-1", aws_access_key_id="k",
+                      aws_secret_access_key="s")  # fmt: skip
+    stubber = Stubber(s3)
+    expected = {"Bucket": "health-raw", "NotificationConfiguration": events_init_module().notification("inbox/")}
+    if error:
+        code, server = error
+        stubber.add_client_error("put_bucket_notification_configuration", code, expected_params=expected,
+                                 response_meta={"HTTPHeaders": {"server": server}})  # fmt: skip
+    else:
+        stubber.add_response("put_bucket_notification_configuration", {}, expected)
+    stubber.activate()
+    return s3
+
+
+def test_events_init_binds_put_and_delete_under_the_inbox_to_minios_nats_target():
+    events_init = events_init_module()
+    (queue,) = events_init.notification("inbox/")["QueueConfigurations"]
+    assert queue == {
+        "QueueArn": "arn:minio:sqs::PRIMARY:nats",
+        "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "inbox/"}]}},
+    }
+    said = events_init.bind_inbox(stubbed_s3(), "health-raw", "inbox/")
+    assert said == "bucket health-raw: put and delete under inbox/ go to arn:minio:sqs::PRIMARY:nats"
+
+
+def test_events_init_fails_when_minio_refuses_the_binding_and_goes_on_when_seaweedfs_does():
+    events_init = events_init_module()
+    with pytest.raises(ClientError, match="InvalidArgument"):  # MinIO without the NATS target
+        events_init.bind_inbox(stubbed_s3(("InvalidArgument", "MinIO")), "health-raw", "inbox/")
+    said = events_init.bind_inbox(stubbed_s3(("BucketAlreadyExists", "SeaweedFS 8000GB 4.48")), "health-raw", "inbox/")
+    assert said.startswith("SeaweedFS 8000GB 4.48 takes no bucket notification (BucketAlreadyExists)")
 
 
 class EventsStack:
