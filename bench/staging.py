@@ -9,7 +9,8 @@ before the next variant runs:
 - two steps between the floor and the stager: the floor plus a HEAD of each target (the stager's
   never-overwrite check), then that with boto3's managed `s3.copy` (the stager's copy call) instead
   of CopyObject; what remains between the latter and the stager is its bookkeeping (DB marks).
-The stager's inbox clean-up (STAGER_DELETE_INBOX=true) is timed once, apart, at the very end.
+The stager's inbox clean-up (STAGER_DELETE_INBOX=true) is timed once, apart, at the very end: the
+whole run, and within it `stager.clean_inbox` (inbox_cleanup_seconds).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from unittest import mock
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -195,6 +197,23 @@ def run_stager(db_url: str, submission_id: str, delete_inbox: bool) -> dict:
         engine.dispose()
 
 
+def run_stager_timing_cleanup(db_url: str, submission_id: str) -> tuple[dict, float]:
+    """The stager with its inbox clean-up; and the seconds `stager.clean_inbox` took within it."""
+    clean_inbox = stager.clean_inbox
+    seconds: list[float] = []
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return clean_inbox(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - started)
+
+    with mock.patch.object(stager, "clean_inbox", timed):
+        report = run_stager(db_url, submission_id, delete_inbox=True)
+    return report, sum(seconds)
+
+
 def run(endpoint: S3Endpoint, bucket: str, db_url: str, total_mib: int, repeats: int, log) -> dict:
     began = time.perf_counter()
     total_bytes = drop_submission(endpoint, bucket, total_mib)
@@ -242,7 +261,7 @@ def run(endpoint: S3Endpoint, bucket: str, db_url: str, total_mib: int, repeats:
             seconds[name].append(time.perf_counter() - started)
             undo()
     started = time.perf_counter()
-    report = run_stager(db_url, submission_id, delete_inbox=True)
+    report, cleanup = run_stager_timing_cleanup(db_url, submission_id)
     with_cleanup = time.perf_counter() - started
     if report["files_copied"] != len(files) or report["inbox_objects_removed"] != len(files) + 1:
         raise RuntimeError(f"the stager did not stage and clean every file: {report}")
@@ -263,4 +282,7 @@ def run(endpoint: S3Endpoint, bucket: str, db_url: str, total_mib: int, repeats:
         "mib_per_second": {name: mib / value for name, value in medians.items()},
         # Throughput ratio: above 1 is faster than the floor.
         "throughput_ratio_to_floor": {name: floor / value for name, value in medians.items()},
+        # The clean-up's own part of stager_with_inbox_cleanup (every file and the marker).
+        "inbox_cleanup_seconds": cleanup,
+        "inbox_objects_removed": report["inbox_objects_removed"],
     }

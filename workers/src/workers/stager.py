@@ -8,7 +8,9 @@ version is then read back, locked (Object Lock, RAW_RETENTION_*: the copy itself
 every store) and recorded in `raw_object` in the same transaction that marks the file staged.
 Once every file is staged the submission is "staged"; then, unless STAGER_DELETE_INBOX is false,
 the inbox versions its registration observed are deleted by VersionId, with the older versions
-and delete markers at the same key, so a versioned inbox keeps no leftovers. Last, the partner's
+and delete markers at the same key, so a versioned inbox keeps no leftovers: found by one listing
+of the group, deleted in DeleteObjects batches where the server honours each entry's VersionId
+(else one delete each, in parallel; VersionDeleter). Last, the partner's
 receipt goes to their outbox (workers.receipts). Safe to re-run after a crash.
 """
 
@@ -17,14 +19,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import os
 import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from workers import raw_zone, receipts
@@ -48,9 +53,15 @@ MAX_PARTS = 10_000
 FILE_WORKERS = 4
 PART_WORKERS = 2
 CLEANUP_WORKERS = 8
+# S3's limit of entries per DeleteObjects call.
+DELETE_BATCH = 1000
+# A version found gone: deleted already, by an earlier run or by hand.
+GONE = (*NOT_FOUND, "NoSuchVersion")
+EMPTY_ETAG = hashlib.md5(b"", usedforsecurity=False).hexdigest()
 # Verified files recorded per transaction: one commit per file held the pool back on small files.
 MARK_BATCH = 64
 READ_CHUNK = MiB
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -329,80 +340,211 @@ def mark_submission_staged(engine: Engine, submission_id: str) -> None:
 
 
 @dataclass(frozen=True)
-class InboxRemoval:
-    """What became of one observed inbox object."""
+class InboxVersion:
+    """One version or delete marker at an observed inbox key, as listed."""
 
-    removed_version_id: str | None  # the registered version deleted (or found gone: None)
+    version_id: str
+    last_modified: datetime
+    etag: str | None  # None: a delete marker
+
+
+@dataclass(frozen=True)
+class InboxRemoval:
+    """What goes at one observed inbox object's key, and what stays."""
+
+    inbox_object_id: int
+    key: str
+    others: tuple[str, ...]  # deleted before the registered version
+    registered_version_id: str | None  # None: found gone
     newer_kept: bool  # a later upload with other bytes stays at the key, as a later drop's file
 
 
 def clean_inbox(engine: Engine, s3: S3Client, bucket: str, submission_id: str) -> tuple[int, int]:
     """Delete the registered versions of the observed inbox objects; (removed, kept) counts,
-    kept being keys where a later upload with other bytes stays."""
+    kept being keys where a later upload with other bytes stays.
+
+    One paginated version listing over the objects' common prefix (the group) finds every key's
+    versions. The marker goes first, alone: a group caught half-removed must not look complete to
+    the sensor. Then the other versions, then the registered ones, each object marked removed
+    once its batch is done: a run stopped midway finds the registered versions again and finishes.
+    """
     with Session(engine) as session:
         pending = session.scalars(
             select(InboxObject).where(InboxObject.submission_id == submission_id, InboxObject.removed_at.is_(None))
         ).all()
-    removed = kept = 0
-
-    def remove(obj: InboxObject) -> tuple[InboxObject, InboxRemoval]:
-        return obj, remove_registered_version(s3, bucket, obj.key, bare(obj.etag))
-
-    # The marker goes first, alone: a group caught half-removed must not look complete to the
-    # sensor. The rest in parallel (a listing and a few version deletes each), marked as each is gone.
-    markers = [obj for obj in pending if obj.role == "marker"]
-    rest = [obj for obj in pending if obj.role != "marker"]
-    with ThreadPoolExecutor(max_workers=CLEANUP_WORKERS, thread_name_prefix="stager-clean") as pool:
-        for batch in (markers, rest):
-            for obj, removal in pool.map(remove, batch):
+    if not pending:
+        return 0, 0
+    versions = inbox_versions(s3, bucket, [obj.key for obj in pending])
+    removals = {obj.id: plan_removal(obj, versions.get(obj.key, [])) for obj in pending}
+    deleter = VersionDeleter(s3, bucket)
+    markers = [removals[obj.id] for obj in pending if obj.role == "marker"]
+    rest = [removals[obj.id] for obj in pending if obj.role != "marker"]
+    for group in (markers, rest):
+        deleter.delete([(r.key, v) for r in group for v in r.others], group)
+        for chunk in chunked(group, DELETE_BATCH):
+            deleter.delete([(r.key, r.registered_version_id) for r in chunk if r.registered_version_id], chunk)
+            for _ in chunk:
                 checkpoint("stager.inbox_deleted")
-                mark_inbox_removed(engine, obj.id, removal.removed_version_id)
-                removed += 1
-                kept += removal.newer_kept
-    return removed, kept
+            mark_inbox_removed(engine, chunk)
+    return len(removals), sum(r.newer_kept for r in removals.values())
 
 
-def remove_registered_version(s3: S3Client, bucket: str, key: str, etag: str) -> InboxRemoval:
-    """Delete the key's registered version (the newest with the registered ETag), every other
-    version of the same bytes, and every older version and delete marker, by VersionId: nothing
-    is left to pile up, and no delete marker is added. A newer upload with other bytes stays.
+def inbox_versions(s3: S3Client, bucket: str, keys: Sequence[str]) -> dict[str, list[InboxVersion]]:
+    """Each key's versions and delete markers, in listing order, from one paginated listing of
+    their common prefix (the group): a listing per key was most of the clean-up's time."""
+    wanted_keys = set(keys)
+    found: dict[str, list[InboxVersion]] = {}
+    prefix = os.path.commonprefix(list(keys))
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        for kind in ("Versions", "DeleteMarkers"):
+            for v in page.get(kind, ()):
+                if v["Key"] in wanted_keys:
+                    etag = listed_etag(v) if kind == "Versions" else None
+                    found.setdefault(v["Key"], []).append(InboxVersion(v["VersionId"], v["LastModified"], etag))
+    return found
 
-    The registered version goes last, so a run stopped midway finds it again and finishes."""
-    versions = [
-        (v, bare(v.get("ETag", "")) if kind == "Versions" else None)
-        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key)
-        for kind in ("Versions", "DeleteMarkers")
-        for v in page.get(kind, ())
-        if v["Key"] == key
-    ]
-    versions.sort(key=lambda pair: pair[0]["LastModified"], reverse=True)  # newest first
-    registered = next((i for i, (_, v_etag) in enumerate(versions) if v_etag == etag), None)
+
+def listed_etag(version: Mapping[str, Any]) -> str:
+    """SeaweedFS lists an empty object of an unversioned bucket with an empty ETag: its bytes are
+    any empty object's, whose ETag is the MD5 of nothing."""
+    etag = bare(version.get("ETag", ""))
+    return EMPTY_ETAG if not etag and version.get("Size") == 0 else etag
+
+
+def plan_removal(obj: InboxObject, versions: Sequence[InboxVersion]) -> InboxRemoval:
+    """The key's registered version (the newest with the registered ETag), every other version of
+    the same bytes, and every older version and delete marker go, by VersionId: nothing is left to
+    pile up, and no delete marker is added. A newer upload with other bytes stays."""
+    etag = bare(obj.etag)
+    ordered = sorted(versions, key=lambda v: v.last_modified, reverse=True)  # newest first
+    registered = next((i for i, v in enumerate(ordered) if v.etag == etag), None)
     if registered is None:
-        return InboxRemoval(None, newer_kept=any(v_etag is not None for _, v_etag in versions))
-    newer = versions[:registered]
-    doomed = [v for v, v_etag in newer if v_etag in (None, etag)] + [v for v, _ in versions[registered + 1 :]]
-    for v in doomed:
-        delete_version(s3, bucket, key, v["VersionId"])
-    registered_version = versions[registered][0]["VersionId"]
-    delete_version(s3, bucket, key, registered_version)
-    return InboxRemoval(registered_version, newer_kept=any(v_etag not in (None, etag) for _, v_etag in newer))
+        return InboxRemoval(obj.id, obj.key, (), None, newer_kept=any(v.etag is not None for v in ordered))
+    newer = ordered[:registered]
+    others = [v.version_id for v in newer if v.etag in (None, etag)] + [v.version_id for v in ordered[registered + 1 :]]
+    return InboxRemoval(
+        obj.id,
+        obj.key,
+        tuple(others),
+        ordered[registered].version_id,
+        newer_kept=any(v.etag not in (None, etag) for v in newer),
+    )
+
+
+@dataclass
+class VersionDeleter:
+    """Deletes inbox versions by VersionId: in DeleteObjects calls of up to 1,000 where the server
+    honours each entry's VersionId (AWS, MinIO, SeaweedFS 4.48), else one DeleteObject each,
+    CLEANUP_WORKERS at a time.
+
+    Which, the first call tells: one entry, at a key where everything is to go. A server that
+    ignored the VersionId added a delete marker there (or removed that key's only object of an
+    unversioned bucket, the same as deleting its "null" version): the marker is deleted by its own
+    id, and the rest go one by one. A whole call refused, or an entry not reported deleted or gone
+    (NoSuchVersion, NoSuchKey), is retried on its own call, which says what is wrong."""
+
+    s3: S3Client
+    bucket: str
+    batched: bool | None = None  # None: not known yet
+
+    def delete(self, targets: Sequence[tuple[str, str]], removals: Sequence[InboxRemoval]) -> None:
+        rest = list(targets)
+        if self.batched is None:
+            safe = {r.key for r in removals if not r.newer_kept}
+            probe = next((t for t in rest if t[0] in safe), None)
+            if probe is None:
+                self.delete_singly(rest)
+                return
+            rest.remove(probe)
+            self.batched = self.probe(probe)
+        if not self.batched:
+            self.delete_singly(rest)
+            return
+        for chunk in chunked(rest, DELETE_BATCH):
+            self.delete_singly(self.delete_batch(chunk))
+
+    def probe(self, target: tuple[str, str]) -> bool:
+        try:
+            answer = self.call_delete_objects([target])
+        except ClientError:
+            self.delete_singly([target])
+            return False
+        deleted, errors = answer.get("Deleted", []), answer.get("Errors", [])
+        if errors and errors[0].get("Code") in GONE:
+            return True
+        if len(deleted) == 1 and answered(deleted[0]) == target:
+            return True
+        marker = deleted[0].get("DeleteMarkerVersionId") if deleted and deleted[0].get("DeleteMarker") else None
+        self.delete_singly([(target[0], marker)] if marker and marker != target[1] else [])
+        self.delete_singly([target])
+        return False
+
+    def delete_batch(self, chunk: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The entries not done: neither reported deleted nor gone."""
+        try:
+            answer = self.call_delete_objects(chunk)
+        except ClientError:
+            return list(chunk)
+        done = Counter(answered(entry) for entry in answer.get("Deleted", ()))
+        done.update(answered(entry) for entry in answer.get("Errors", ()) if entry.get("Code") in GONE)
+        left = []
+        for target in chunk:
+            if done[target] > 0:
+                done[target] -= 1
+            else:
+                left.append(target)
+        return left
+
+    def call_delete_objects(self, targets: Sequence[tuple[str, str]]) -> Mapping[str, Any]:
+        objects: list[Any] = [{"Key": key, "VersionId": version_id} for key, version_id in targets]
+        return self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": False})
+
+    def delete_singly(self, targets: Sequence[tuple[str, str]]) -> None:
+        """Each by its own call; a refusal is reported by file id once every one has had its try."""
+
+        def one(target: tuple[str, str]) -> str | None:
+            try:
+                delete_version(self.s3, self.bucket, *target)
+            except ClientError as exc:
+                return f"{file_id(target[0])} ({error_code(exc)})"
+            return None
+
+        if not targets:
+            return
+        with ThreadPoolExecutor(max_workers=CLEANUP_WORKERS, thread_name_prefix="stager-clean") as pool:
+            failures = sorted(f for f in pool.map(one, targets) if f)
+        if failures:
+            raise WorkerError(f"{len(failures)} inbox version(s) not deleted; first {failures[0]}")
+
+
+def answered(entry: Mapping[str, Any]) -> tuple[str, str]:
+    """The (key, version id) an entry of a DeleteObjects answer is about. SeaweedFS names a
+    deleted delete marker by DeleteMarkerVersionId alone, and an unversioned bucket's "null" not."""
+    return entry["Key"], entry.get("VersionId") or entry.get("DeleteMarkerVersionId") or "null"
+
+
+def chunked(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def delete_version(s3: S3Client, bucket: str, key: str, version_id: str) -> None:
     try:
         s3.delete_object(Bucket=bucket, Key=key, VersionId=version_id)
     except ClientError as exc:
-        if error_code(exc) not in (*NOT_FOUND, "NoSuchVersion"):
+        if error_code(exc) not in GONE:
             raise
 
 
-def mark_inbox_removed(engine: Engine, inbox_object_id: int, version_id: str | None) -> None:
-    with Session(engine) as session, session.begin():
-        session.execute(
-            update(InboxObject)
-            .where(InboxObject.id == inbox_object_id, InboxObject.removed_at.is_(None))
-            .values(removed_at=utcnow(), removed_version_id=version_id)
-        )
+def mark_inbox_removed(engine: Engine, removals: Sequence[InboxRemoval]) -> None:
+    """One transaction for a batch's objects, each with the version deleted (None: found gone)."""
+    statement = (
+        update(InboxObject)
+        .where(InboxObject.id == bindparam("object_id"), InboxObject.removed_at.is_(None))
+        .values(removed_at=utcnow(), removed_version_id=bindparam("version_id"))
+    )
+    rows = [{"object_id": r.inbox_object_id, "version_id": r.registered_version_id} for r in removals]
+    with engine.begin() as connection:
+        connection.execute(statement, rows)
 
 
 def report(
