@@ -26,7 +26,7 @@ from botocore.stub import Stubber
 
 from tests.containers import compose_env_file
 from tests.services import REPO, free_port_block
-from workers.settings import EVENTS_DEFAULTS
+from workers.settings import EVENTS_DEFAULTS, load_event_settings
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -96,6 +96,12 @@ def test_the_sensor_reads_events_from_the_stream_minio_writes():
     for name in ("EVENTS_STREAM", "EVENTS_SUBJECT", "EVENTS_RETENTION_HOURS"):
         assert daemon[name] == init[name], name
     assert SERVICES["minio"]["environment"]["EVENTS_STREAM"] == daemon["EVENTS_STREAM"]
+
+
+def test_the_daemons_event_settings_as_compose_resolves_them_are_valid_and_name_the_nats_service():
+    env = {name: default(value) for name, value in SERVICES["dagster_daemon"]["environment"].items()}
+    settings = load_event_settings(env)
+    assert (settings.mode, settings.nats_server) == ("events", "nats:4222")
 
 
 def test_events_init_runs_after_the_bucket_and_nats_and_before_the_dagster_services():
