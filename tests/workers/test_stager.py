@@ -222,10 +222,11 @@ def raw_objects(settings, submission_id: str) -> dict[str, RawObject]:
     return {row.key: row for row in rows}
 
 
-def run_stager(*args: str) -> subprocess.CompletedProcess:
+def run_stager(*args: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
+    """`crash_at`: the worker kills itself at that checkpoint pass (workers.faults)."""
     return subprocess.run(
         [sys.executable, "-m", "workers.stager", *args],
-        env=dict(os.environ),
+        env={**os.environ, **({"WORKER_CRASH_AT": crash_at} if crash_at else {})},
         capture_output=True,
         text=True,
         timeout=300,
@@ -466,6 +467,22 @@ def test_an_older_version_at_a_registered_inbox_key_is_removed_with_it(platform_
     stage(platform_env, registered, delete_inbox=True)
 
     assert versions_by_key(platform_env, GROUP) == {}
+
+
+def test_a_run_killed_during_the_inbox_clean_up_is_finished_by_the_next(platform_env, register):
+    registered = register(some_files(3))
+    # The second pass: the marker is gone and marked; the files' batch is deleted, not yet marked.
+    crashed = run_stager("--submission-id", registered.submission_id, crash_at="stager.inbox_deleted:2")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert keys_under(platform_env, GROUP) == []
+    assert list(removed_at_by_key(platform_env, registered.submission_id).values()).count(None) == 3
+
+    done = run_stager("--submission-id", registered.submission_id)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["inbox_objects_removed"] == 3
+    assert versions_by_key(platform_env, GROUP) == {}
+    assert all(removed_at_by_key(platform_env, registered.submission_id).values())
 
 
 def test_inbox_objects_stay_when_stager_delete_inbox_is_false(platform_env, register, monkeypatch):
