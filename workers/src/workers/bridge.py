@@ -9,8 +9,8 @@ the `Health-Intake-Filer-Ts-Ns` header. That header on the stream's last message
 it is written in the same publish as the event it follows, so it can never be ahead of what the
 stream holds, and a bridge restarted after a crash, with no file of its own to lose, goes on from
 it (less a 2 s overlap, which the duplicate window drops; after a longer outage than that window,
-events before the checkpoint are skipped instead). No last message (a new or emptied stream): it starts from now, and the reader
-sees the gap (a new stream) and lists the inbox in full.
+events before the checkpoint are skipped instead). No last message (a new or emptied stream): it
+starts from now, and the reader sees the gap (a new stream) and lists the inbox in full.
 
 In a versioned bucket (ours: Object Lock) an object's versions live in `<key>.versions/v_<id>`:
 a new version is a put of `<key>`, a new delete marker or a removed version a delete; updates of
