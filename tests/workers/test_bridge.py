@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import statistics
 import time
 from collections import Counter
@@ -208,6 +209,13 @@ async def measure_latency(settings: EventSettings, put_one, count: int) -> list[
     finally:
         await nc.close()
     return times
+
+
+def test_bridge_stops_cleanly_on_ctrl_c(s3_server, bucket, event_settings, tmp_path):
+    with running_bridge(s3_server, bucket, event_settings, tmp_path / "bridge.log") as bridge:
+        bridge.proc.send_signal(signal.SIGINT)
+        assert bridge.proc.wait(timeout=10) == 0
+    assert bridge.output().rstrip().endswith("bridge: stopped")
 
 
 def test_bridge_settings_derive_the_filer_address_from_the_s3_endpoint():
