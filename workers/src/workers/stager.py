@@ -472,10 +472,11 @@ class VersionDeleter:
         deleted, errors = answer.get("Deleted", []), answer.get("Errors", [])
         if errors and errors[0].get("Code") in GONE:
             return True
-        if len(deleted) == 1 and answered(deleted[0]) == target:
-            return True
         marker = deleted[0].get("DeleteMarkerVersionId") if deleted and deleted[0].get("DeleteMarker") else None
-        self.delete_singly([(target[0], marker)] if marker and marker != target[1] else [])
+        made_marker = marker is not None and marker != target[1]  # a marker deleted by its id names itself
+        if len(deleted) == 1 and answered(deleted[0]) == target and not made_marker:
+            return True
+        self.delete_singly([(target[0], marker)] if marker and made_marker else [])
         self.delete_singly([target])
         return False
 
