@@ -171,7 +171,8 @@ async def _stream_messages(events: EventSettings) -> list[StreamMessage]:
         except NotFoundError:
             return []
         found = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        # An empty stream says first_seq 0 (or last + 1 once purged); sequences start at 1.
+        for seq in range(max(info.state.first_seq, 1), info.state.last_seq + 1):
             msg = await js.get_msg(events.stream, seq)
             found.append(StreamMessage(seq, dict(msg.headers or {}), msg.data or b""))
         return found

@@ -244,7 +244,7 @@ def test_the_cursor_is_versioned_json_of_the_pending_groups_by_id():
     cursor = json.loads(dump_state(evaluation.state))
 
     assert cursor == {
-        "version": 2,
+        "version": 3,
         "groups": {
             group_id(DROP): {
                 "fingerprint": fingerprint([obj(DROP + "a.csv")]),

@@ -9,8 +9,9 @@ progress, unless that upload is older than ABANDONED_UPLOAD_HOURS.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal, get_args
@@ -18,7 +19,7 @@ from urllib.parse import unquote_plus
 
 from botocore.exceptions import ClientError
 
-from workers.inbox import Group, InboxObject, fingerprint, group_id, group_of
+from workers.inbox import Group, InboxObject, group_id, group_of
 from workers.settings import IntakeSettings
 from workers.store import S3Client
 
@@ -35,7 +36,9 @@ GROUPING_METHOD_ALIASES: dict[str, GroupingMethod] = {"marker": MARKER, "quiesce
 GroupingMethodInput = Literal["MARKER_FILE", "QUIESCENCE", "marker", "quiescence"]
 assert set(get_args(GroupingMethodInput)) == set(GROUPING_METHODS) | set(GROUPING_METHOD_ALIASES)
 # 2: groups keyed by their id, not their key (the cursor is stored and shown by Dagster).
-CURSOR_VERSION = 2
+# 3: and, in events mode, the event stream position, the last full listing and missed events.
+CURSOR_VERSION = 3
+READABLE_CURSOR_VERSIONS = (2, 3)
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,70 @@ class Evaluation:
     abandoned_uploads: list[Upload]
 
 
+@dataclass(frozen=True)
+class GroupView:
+    """A group as one listing saw it, folded as the listing streamed: its content's fingerprint
+    (workers.inbox.fingerprint of its objects), how many objects, whether its marker is there.
+    Memory per group, not per object."""
+
+    group: Group
+    fingerprint: str
+    object_count: int
+    has_marker: bool
+
+
+class _Fold:
+    """One group's fold. S3 lists keys in UTF-8 binary order, which is code point order, so the
+    fingerprint (workers.inbox.fingerprint: sorted by key) streams; an object out of that order
+    marks the fold for a sorted pass over the group's own listing (see fold's `relist`)."""
+
+    def __init__(self, group: Group, marker_key: str):
+        self.group, self.marker_key = group, marker_key
+        self.digest = hashlib.sha256()
+        self.count, self.has_marker, self.last = 0, False, ""
+        self.in_order = True
+
+    def add(self, obj: InboxObject) -> None:
+        self.count += 1
+        self.has_marker = self.has_marker or obj.key == self.marker_key
+        self.in_order = self.in_order and obj.key >= self.last
+        self.last = obj.key
+        self.digest.update(f"{obj.key}\0{obj.size}\0{obj.etag}\n".encode())
+
+    def view(self) -> GroupView:
+        return GroupView(self.group, self.digest.hexdigest(), self.count, self.has_marker)
+
+
+Relist = Callable[[str], Iterable[InboxObject]]
+
+
+def fold(
+    objects: Iterable[InboxObject], settings: IntakeSettings, relist: Relist | None = None
+) -> tuple[dict[str, GroupView], list[InboxObject]]:
+    """Group views by grouping key, and the objects that form no group, from a listing stream.
+    A group the stream gave out of key order is folded again from relist(grouping_key), sorted
+    (ValueError without `relist`): the fingerprint never depends on the order a store lists in."""
+    folds: dict[str, _Fold] = {}
+    shallow: list[InboxObject] = []
+    for obj in objects:
+        group = group_of(obj.key, settings.inbox_prefix, settings.group_by_depth)
+        if group is None:
+            shallow.append(obj)
+            continue
+        current = folds.get(group.grouping_key)
+        if current is None:
+            current = folds[group.grouping_key] = _Fold(group, group.marker_key(settings.marker_file))
+        current.add(obj)
+    for key, current in folds.items():
+        if not current.in_order:
+            if relist is None:
+                raise ValueError(f"group {group_id(key)} was listed out of key order")
+            folds[key] = _Fold(current.group, current.marker_key)
+            for obj in sorted(relist(key), key=lambda o: o.key):
+                folds[key].add(obj)
+    return {key: f.view() for key, f in folds.items() if f.count}, shallow
+
+
 def evaluate(
     objects: Iterable[InboxObject],
     uploads: Iterable[Upload],
@@ -98,35 +165,42 @@ def evaluate(
     now: datetime,
     settings: IntakeSettings,
 ) -> Evaluation:
-    """One tick: which groups are complete now, and the state to remember for the next tick."""
-    groups, shallow_keys = group_objects(objects, settings)
+    """One tick over a listing of the whole inbox: which groups are complete now, and the state to
+    remember for the next tick (groups no longer listed leave it)."""
+    objects = list(objects)
+    views, shallow = fold(objects, settings, relist=lambda key: (o for o in objects if o.key.startswith(key)))
+    evaluation = evaluate_views(views, uploads, state, now, settings)
+    return replace(evaluation, shallow_keys=[obj.key for obj in shallow])
+
+
+def evaluate_views(
+    views: Mapping[str, GroupView],
+    uploads: Iterable[Upload],
+    state: Mapping[str, Sighting],
+    now: datetime,
+    settings: IntakeSettings,
+    listed: Iterable[str] | None = None,
+) -> Evaluation:
+    """One tick over the groups listed this tick. `listed`: the ids of the groups listed (a view
+    for each that still has objects; one without has left the inbox); every other group's state
+    is kept as it was. None: the whole inbox was listed, and groups without a view leave the state."""
     live, abandoned = split_abandoned(uploads, now, settings)
     blocked = uploads_by_group(live, settings)
-    complete, new_state = [], {}
-    for grouping_key, (group, members) in groups.items():
-        sighting = observe(state.get(group_id(grouping_key)), fingerprint(members), now)
+    complete = []
+    new_state: dict[str, Sighting] = {}
+    if listed is not None:
+        decided = set(listed)
+        new_state = {gid: s for gid, s in state.items() if gid not in decided}
+    for grouping_key, view in views.items():
+        sighting = observe(state.get(group_id(grouping_key)), view.fingerprint, now)
         method = None
         if not sighting.requested and grouping_key not in blocked:
-            method = completion_method(group, members, sighting, now, settings)
+            method = completion_method(view, sighting, now, settings)
         if method:
-            complete.append(CompleteGroup(group, method, sighting.fingerprint, len(members)))
+            complete.append(CompleteGroup(view.group, method, sighting.fingerprint, view.object_count))
             sighting = replace(sighting, requested=True)
         new_state[group_id(grouping_key)] = sighting
-    return Evaluation(complete, new_state, shallow_keys, blocked, abandoned)
-
-
-def group_objects(
-    objects: Iterable[InboxObject], settings: IntakeSettings
-) -> tuple[dict[str, tuple[Group, list[InboxObject]]], list[str]]:
-    groups: dict[str, tuple[Group, list[InboxObject]]] = {}
-    shallow_keys = []
-    for obj in objects:
-        group = group_of(obj.key, settings.inbox_prefix, settings.group_by_depth)
-        if group is None:
-            shallow_keys.append(obj.key)
-            continue
-        groups.setdefault(group.grouping_key, (group, []))[1].append(obj)
-    return groups, shallow_keys
+    return Evaluation(complete, new_state, [], blocked, abandoned)
 
 
 def split_abandoned(
@@ -157,43 +231,86 @@ def observe(previous: Sighting | None, current: str, now: datetime) -> Sighting:
 
 
 def completion_method(
-    group: Group, members: list[InboxObject], sighting: Sighting, now: datetime, settings: IntakeSettings
+    view: GroupView, sighting: Sighting, now: datetime, settings: IntakeSettings
 ) -> GroupingMethod | None:
-    marker_key = group.marker_key(settings.marker_file)
-    if any(obj.key == marker_key for obj in members):
+    if view.has_marker:
         return MARKER
     if now - sighting.since >= timedelta(minutes=settings.quiescence_minutes):
         return QUIESCENCE
     return None
 
 
-def dump_state(state: Mapping[str, Sighting]) -> str:
-    """The sensor cursor: JSON holding only the groups still listed in the inbox, by their ids
-    (Dagster stores the cursor and shows it on the sensor's page: no keys in it)."""
+@dataclass(frozen=True)
+class Cursor:
+    """What the sensor remembers between ticks (its Dagster cursor). Events mode adds where it is
+    in the event stream (workers.events.Position, dumped), when the last full listing finished, and
+    how many objects full listings found that no event had announced (a running total)."""
+
+    groups: dict[str, Sighting]
+    position: dict | None = None
+    reconciled_at: datetime | None = None
+    missed: int = 0
+
+
+def dump_cursor(cursor: Cursor) -> str:
+    """JSON holding only the groups still in the inbox, by their ids (Dagster stores the cursor and
+    shows it on the sensor's page: no keys in it), and events mode's numbers."""
     groups = {
         key: {"fingerprint": s.fingerprint, "since": s.since.isoformat(), "requested": s.requested}
-        for key, s in state.items()
+        for key, s in cursor.groups.items()
     }
-    return json.dumps({"version": CURSOR_VERSION, "groups": groups}, sort_keys=True, separators=(",", ":"))
+    document: dict = {"version": CURSOR_VERSION, "groups": groups}
+    if cursor.position is not None:
+        document["events"] = cursor.position
+    if cursor.reconciled_at is not None:
+        document["reconciled_at"] = cursor.reconciled_at.isoformat()
+    if cursor.missed:
+        document["missed"] = cursor.missed
+    return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
-def load_state(cursor: str | None) -> dict[str, Sighting]:
-    """The state in a cursor; ValueError when it is not one this module wrote."""
-    if not cursor:
-        return {}
+def load_cursor(text: str | None) -> Cursor:
+    """The cursor in `text`; ValueError when it is not one this module wrote (version 2, before
+    events mode, reads as its groups alone)."""
+    if not text:
+        return Cursor({})
     try:
-        document = json.loads(cursor)
-        if document["version"] != CURSOR_VERSION:
-            raise ValueError(f"cursor version {document['version']!r} is not {CURSOR_VERSION}")
-        return {key: sighting_from(entry) for key, entry in document["groups"].items()}
+        document = json.loads(text)
+        if document["version"] not in READABLE_CURSOR_VERSIONS:
+            raise ValueError(f"cursor version {document['version']!r} is not one of {READABLE_CURSOR_VERSIONS}")
+        groups = {key: sighting_from(entry) for key, entry in document["groups"].items()}
+        position = document.get("events")
+        if position is not None and not (isinstance(position, dict) and {"stream_created", "seq"} <= set(position)):
+            raise ValueError("cursor's event position is not one this module wrote")
+        reconciled = document.get("reconciled_at")
+        return Cursor(
+            groups=groups,
+            position=position,
+            reconciled_at=aware(datetime.fromisoformat(reconciled)) if reconciled else None,
+            missed=int(document.get("missed", 0)),
+        )
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise ValueError(f"cursor is not an inbox discovery state: {exc!r}") from None
 
 
-def sighting_from(entry: dict) -> Sighting:
-    since = datetime.fromisoformat(entry["since"])
-    if since.tzinfo is None:
+def dump_state(state: Mapping[str, Sighting]) -> str:
+    """A cursor of groups alone (listing mode)."""
+    return dump_cursor(Cursor(dict(state)))
+
+
+def load_state(cursor: str | None) -> dict[str, Sighting]:
+    """The groups' state in a cursor; ValueError when it is not one this module wrote."""
+    return load_cursor(cursor).groups
+
+
+def aware(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
         raise ValueError("cursor time without a time zone")
+    return moment
+
+
+def sighting_from(entry: dict) -> Sighting:
+    since = aware(datetime.fromisoformat(entry["since"]))
     return Sighting(fingerprint=str(entry["fingerprint"]), since=since, requested=bool(entry["requested"]))
 
 

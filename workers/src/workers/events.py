@@ -226,8 +226,8 @@ def start_seq(since: Position | None, created: str, first: int, last: int) -> in
     if since is None or (since.stream_created == created and since.seq > last):
         return last + 1
     if since.stream_created != created:
-        return first
-    return max(since.seq + 1, first)
+        return max(first, 1)
+    return max(since.seq + 1, first, 1)
 
 
 def find_gap(since: Position | None, created: str, first: int, last: int) -> str | None:

@@ -11,10 +11,7 @@ defs = dg.Definitions(
         jobs.stage_submission_job,
     ],
     sensors=[
-        # One run for a lone complete group, batch runs for several (batches.py).
-        sensors.inbox_discovery_sensor.with_updated_jobs(
-            [jobs.register_submission_from_group_job, jobs.register_submissions_from_groups_job]
-        ),
+        sensors.inbox_discovery_sensor,
         sweeper.intake_sweeper,
         feeds.feed_freshness_sensor,
     ],

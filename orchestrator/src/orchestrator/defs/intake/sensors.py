@@ -10,20 +10,25 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 
 import dagster as dg
 from sqlalchemy.exc import SQLAlchemyError
 
-from orchestrator.defs.intake import jobs
+from orchestrator.defs.intake import jobs, watch
 from workers import discovery
 from workers.db import metadata_engine
-from workers.inbox import InboxObject, file_id, group_id, list_objects, rejection_reason
+from workers.inbox import InboxObject, file_id, group_id, rejection_reason
 from workers.outcomes import record_rejections, rejections_on_record
 from workers.runtime import describe_failure
-from workers.settings import IntakeSettings, SettingsError, load_intake_settings, load_settings
-from workers.store import make_s3_client
+from workers.settings import (
+    IntakeSettings,
+    SettingsError,
+    load_event_settings,
+    load_intake_settings,
+    load_settings,
+)
 
 SHOWN_NAMES = 5
 # Dagster's strict tag value form, so the tags filter and display everywhere.
@@ -47,57 +52,60 @@ def sensor_interval_seconds(env: Mapping[str, str] = os.environ) -> int:
 
 
 @dg.sensor(
-    job=jobs.register_submission_from_group_job,
+    # One run for a lone complete group, batch runs for several (batches.py).
+    jobs=[jobs.register_submission_from_group_job, jobs.register_submissions_from_groups_job],
     minimum_interval_seconds=sensor_interval_seconds(),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Lists the inbox, decides which drops are complete (marker or quiescence) and registers each once.",
+    description=(
+        "Finds new inbox objects (by bucket events, or by listing the inbox: DISCOVERY_MODE), decides "
+        "which drops are complete (marker or quiescence) and registers each once."
+    ),
 )
 def inbox_discovery_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     intake = load_intake_settings()
-    objects, uploads = look_at_inbox(intake)
-    evaluation = discovery.evaluate(objects, uploads, previous_state(context), utc_now(), intake)
+    mode = load_event_settings()
+    cursor = previous_cursor(context)
+    now = utc_now()
+    look = (
+        watch.by_events(intake, mode, cursor, now, context.log) if mode.mode == "events" else watch.by_listing(intake)
+    )
+    evaluation = discovery.evaluate_views(look.views, look.uploads, cursor.groups, now, intake, listed=look.listed)
+    evaluation = replace(evaluation, shallow_keys=[obj.key for obj in look.shallow])
     report(context.log, evaluation, intake)
-    observations = record_shallow(context.log, objects, evaluation.shallow_keys, intake)
+    observations = record_shallow(context.log, look.shallow, intake)
+    following = discovery.Cursor(
+        groups=evaluation.state,
+        position=look.position or cursor.position,
+        reconciled_at=look.reconciled_at or cursor.reconciled_at,
+        missed=cursor.missed + look.missed,
+    )
     return dg.SensorResult(
         run_requests=run_request(evaluation.complete),
         skip_reason=None if evaluation.complete else waiting_summary(evaluation),
-        cursor=discovery.dump_state(evaluation.state),
-        asset_events=observations,
+        cursor=discovery.dump_cursor(following),
+        asset_events=observations + look.observations,
     )
 
 
-def look_at_inbox(intake: IntakeSettings) -> tuple[list[InboxObject], list[discovery.Upload]]:
-    """Any S3 error propagates: the tick fails and its cursor is not advanced."""
-    settings = load_settings()
-    s3 = make_s3_client(settings)
-    # Uploads first: one that completes in between is then already among the listed objects,
-    # rather than missing from both listings and letting its group close without it.
-    uploads = discovery.list_uploads(s3, settings.bucket, intake.inbox_prefix)
-    objects = list(list_objects(s3, settings.bucket, intake.inbox_prefix))
-    return objects, uploads
-
-
-def record_shallow(
-    log, objects: list[InboxObject], shallow_keys: list[str], intake: IntakeSettings
-) -> list[dg.AssetObservation]:
+def record_shallow(log, shallow: list[InboxObject], intake: IntakeSettings) -> list[dg.AssetObservation]:
     """Keys that form no group get a recorded outcome in inbox_rejection, and the new ones an
     observation of the inbox asset: an entry in the UI that stays, where tick logs scroll away.
 
     Fails soft: with the metadata DB down the tick still requests the complete groups and keeps its
     cursor (a drop must not wait on a bookkeeping write); the keys are still shallow at the next
     tick and are recorded then."""
-    if not shallow_keys:
+    if not shallow:
         return []
-    shallow = set(shallow_keys)
     reason = lambda key: rejection_reason(key, intake.inbox_prefix, intake.group_by_depth)  # noqa: E731
     settings = load_settings()
     try:
         with metadata_engine(settings.metadata_db_url) as engine:
-            new = record_rejections(engine, ((obj, reason(obj.key), None) for obj in objects if obj.key in shallow))
+            new = record_rejections(engine, ((obj, reason(obj.key), None) for obj in shallow))
             if not new:
                 return []
             return [jobs.rejections_observed([asdict(r) for r in new], rejections_on_record(engine))]
     except SQLAlchemyError as exc:
+        watch.retry_later(shallow)
         # describe_failure gives one line without the driver's detail lines, which can quote keys.
         log.warning(
             f"{len(shallow)} rejection(s) not recorded this tick, tried again at the next: "
@@ -106,13 +114,13 @@ def record_shallow(
         return []
 
 
-def previous_state(context: dg.SensorEvaluationContext) -> dict[str, discovery.Sighting]:
+def previous_cursor(context: dg.SensorEvaluationContext) -> discovery.Cursor:
     try:
-        return discovery.load_state(context.cursor)
+        return discovery.load_cursor(context.cursor)
     except ValueError as exc:
         # Starting afresh only restarts quiet clocks; run keys are deterministic, so nothing registers twice.
         context.log.warning(f"ignoring unreadable cursor, starting afresh: {exc}")
-        return {}
+        return discovery.Cursor({})
 
 
 def report(log, evaluation: discovery.Evaluation, intake: IntakeSettings) -> None:
