@@ -154,7 +154,7 @@ def test_every_long_running_service_is_healthy_and_the_one_shot_steps_succeeded(
         (container_id,) = stack.compose("ps", "-q", service).stdout.split()
         return engine.containers.get(container_id).attrs["State"]
 
-    for service in ("dagster_postgres", "metadata_postgres", "minio", "dagster_webserver", "dagster_viewer"):
+    for service in ("dagster_postgres", "metadata_postgres", "minio", "nats", "dagster_webserver", "dagster_viewer"):
         assert state(service)["Health"]["Status"] == "healthy", service
     for service in ("dagster_daemon", "ui_proxy"):
         assert state(service)["Running"], service
@@ -444,7 +444,16 @@ def wait_for(what: str, check, timeout: float, explain) -> float:
     return time.monotonic() - began
 
 
-ONE_SHOT_STEPS = ("migrations", "db_roles", "minio_init", "store_check", "roles_render", "roles_apply", "roles_check")
+ONE_SHOT_STEPS = (
+    "migrations",
+    "db_roles",
+    "minio_init",
+    "events_init",
+    "store_check",
+    "roles_render",
+    "roles_apply",
+    "roles_check",
+)
 
 
 def why_up_failed(stack, up: subprocess.CompletedProcess) -> str:
