@@ -62,6 +62,20 @@ def test_no_complete_group_asks_for_no_run():
     assert batches.run_requests([]) == []
 
 
+@pytest.fixture
+def batch_runs(monkeypatch):
+    monkeypatch.setattr(batches, "BATCH_RUNS", True)
+
+
+def test_while_batch_runs_are_off_each_complete_group_gets_its_own_run():
+    completes = [complete(key) for key in keys(3)]
+
+    requests = batches.run_requests(completes)
+
+    assert [r.job_name for r in requests] == ["register_submission_from_group_job"] * 3
+    assert [r.run_key for r in requests] == [c.run_key for c in completes]
+
+
 def test_a_lone_complete_group_gets_the_single_group_job_as_before():
     (request,) = batches.run_requests([complete("inbox/acme/unknown/drop-001/")])
 
@@ -82,7 +96,7 @@ def test_a_lone_complete_group_gets_the_single_group_job_as_before():
     }
 
 
-def test_many_complete_groups_are_batched_evenly_each_group_in_exactly_one_run():
+def test_many_complete_groups_are_batched_evenly_each_group_in_exactly_one_run(batch_runs):
     completes = [complete(key) for key in keys(60)]
 
     requests = batches.run_requests(completes)
@@ -95,7 +109,7 @@ def test_many_complete_groups_are_batched_evenly_each_group_in_exactly_one_run()
     assert len({r.run_key for r in requests}) == 3
 
 
-def test_a_batch_run_is_tagged_with_each_group_id_and_drop_never_a_key():
+def test_a_batch_run_is_tagged_with_each_group_id_and_drop_never_a_key(batch_runs):
     completes = [complete(key) for key in keys(3)]
 
     (request,) = batches.run_requests(completes)
@@ -108,13 +122,13 @@ def test_a_batch_run_is_tagged_with_each_group_id_and_drop_never_a_key():
     assert "inbox/" not in request.run_key
 
 
-def test_a_batch_of_several_submitters_names_none_of_them():
+def test_a_batch_of_several_submitters_names_none_of_them(batch_runs):
     (request,) = batches.run_requests([complete(k) for k in keys(2, "acme") + keys(2, "beta")])
 
     assert "health-intake/submitter" not in request.tags
 
 
-def test_the_same_drops_in_any_order_get_the_same_batch_run_key_and_new_content_a_new_one():
+def test_the_same_drops_in_any_order_get_the_same_batch_run_key_and_new_content_a_new_one(batch_runs):
     completes = [complete(key) for key in keys(5)]
     shuffled = random.sample(completes, len(completes))
 
@@ -222,7 +236,7 @@ def test_the_same_groups_again_in_another_batch_register_nothing_twice(synced_la
     assert {status for _, status in after.values()} == {"staged"}
 
 
-def test_each_drop_of_a_batch_run_can_be_asked_for_again_alone():
+def test_each_drop_of_a_batch_run_can_be_asked_for_again_alone(batch_runs):
     """What the sweeper needs of a failed batch run: its drops, and one drop's single-group run."""
     completes = [complete(key) for key in keys(3)]
     (request,) = batches.run_requests(completes)
