@@ -23,6 +23,8 @@ PARTS = ("discovery", "staging", "launch", "end_to_end")
 SMOKE = {
     "discovery_sizes": [60, 200],
     "objects_per_group": 10,
+    "discovery_wide_per_group": 100,
+    "discovery_events_size": 200,
     "staging_mib": 4,
     "repeats": 1,
     "launch_repeats": 1,
@@ -34,6 +36,18 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--discovery-sizes", type=sizes, default=[1000, 10_000, 100_000], help="objects in the inbox")
     parser.add_argument("--objects-per-group", type=int, default=10, help="objects per inbox group (drop)")
+    parser.add_argument(
+        "--discovery-wide-per-group",
+        type=int,
+        default=100,
+        help="objects per group for listing mode's memory row (the largest size again, in fewer, larger groups)",
+    )
+    parser.add_argument(
+        "--discovery-events-size",
+        type=int,
+        default=1_000_000,
+        help="objects in the inbox for the events-mode rows (0: no events-mode rows)",
+    )
     parser.add_argument("--staging-mib", type=int, default=1024, help="size of the staged submission")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per discovery size and staging")
     parser.add_argument("--launch-repeats", type=int, default=7, help="timed rounds of each launch")
@@ -95,12 +109,44 @@ def run_discovery(args, endpoint: services.S3Endpoint, workdir: Path) -> dict:
     services.create_bucket(endpoint, "bench-discovery")
     # The sensor never opens the metadata DB: a path that is never created stands in for it.
     env = services.platform_environment(f"sqlite:///{workdir / 'unused.db'}", endpoint, "bench-discovery")
-    with services.environment(env):
+    with services.environment(env | {"DISCOVERY_MODE": "listing"}):
         from bench import discovery
 
-        return discovery.run(
+        result = discovery.run(
             endpoint, "bench-discovery", args.discovery_sizes, args.objects_per_group, args.repeats, log
         )
+    services.create_bucket(endpoint, "bench-discovery-wide")
+    with services.environment(env | {"DISCOVERY_MODE": "listing", "MINIO_BUCKET": "bench-discovery-wide"}):
+        result["group_sizes"] = discovery.run_group_sizes(
+            endpoint,
+            "bench-discovery-wide",
+            max(args.discovery_sizes),
+            args.discovery_wide_per_group,
+            result["sizes"][-1],
+        )
+    if args.discovery_events_size:
+        result["events"] = run_discovery_events(args, endpoint, workdir, env)
+    return result
+
+
+def run_discovery_events(args, endpoint: services.S3Endpoint, workdir: Path, env: dict[str, str]) -> dict:
+    services.create_bucket(endpoint, "bench-events")
+    with services.nats_server(workdir) as nats_url:
+        events_env = {
+            "MINIO_BUCKET": "bench-events",
+            "DISCOVERY_MODE": "events",
+            "NATS_URL": nats_url,
+            "EVENTS_STREAM": "BENCH_INBOX_EVENTS",
+            "EVENTS_SUBJECT": "bench.inbox",
+            # No scheduled pass in the middle of the measurement, however long the load took.
+            "RECONCILE_MINUTES": "600",
+        }
+        with services.environment(env | events_env):
+            from bench import discovery
+
+            return discovery.run_events(
+                endpoint, "bench-events", args.discovery_events_size, args.repeats, workdir / "bridge.log", log
+            )
 
 
 def run_staging(args, endpoint: services.S3Endpoint, pg_url: str) -> dict:

