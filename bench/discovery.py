@@ -10,9 +10,9 @@ import statistics
 import time
 import tracemalloc
 from collections.abc import Callable
-from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from typing import Any
 
 import dagster as dg
 from dagster_aws.s3.sensor import get_objects

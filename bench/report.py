@@ -17,6 +17,9 @@ def targets(doc: dict) -> list[dict]:
         for target in (
             discovery_time(doc),
             discovery_memory(doc),
+            discovery_memory_per_group(doc),
+            events_tick(doc),
+            events_marker_to_run_request(doc),
             staging(doc),
             staging_with_cleanup(doc),
             launch(doc),
@@ -58,6 +61,67 @@ def discovery_memory(doc: dict) -> dict | None:
     worst_mb = max(size["peak_mib"]["sensor_first_tick"], size["peak_mib"]["sensor_steady_tick"]) * MIB_IN_MB
     return verdict(
         "Discovery memory", "growth <= 100 MB", f"{worst_mb:.1f} MB peak", worst_mb <= 100, scale_caveat(size)
+    )
+
+
+# Issue 15: events mode over a large inbox; listing mode's memory flat in objects per group.
+TARGET_EVENTS_OBJECTS = 1_000_000
+FLAT_MEMORY_SLACK = 1.1
+
+
+def discovery_memory_per_group(doc: dict) -> dict | None:
+    """Listing mode's peak memory for the same objects in groups of 10 and of 100: it follows the
+    number of groups, so larger groups (fewer of them) must not take more."""
+    part = doc.get("discovery", {}).get("group_sizes")
+    if not part:
+        return None
+    (narrow, small), (wide, large) = sorted(part["per_group"].items(), key=lambda item: int(item[0]))
+    ratio = large["sensor_first_tick_peak_mib"] / small["sensor_first_tick_peak_mib"]
+    measured = (
+        f"{small['sensor_first_tick_peak_mib'] * MIB_IN_MB:.1f} MB at {narrow}/group, "
+        f"{large['sensor_first_tick_peak_mib'] * MIB_IN_MB:.1f} MB at {wide}/group ({ratio:.2f}x)"
+    )
+    caveat = "" if part["objects"] >= TARGET_OBJECTS else f"measured at {part['objects']:,} objects"
+    return verdict(
+        "Discovery memory, objects per group",
+        f"peak at {wide}/group <= {FLAT_MEMORY_SLACK}x the peak at {narrow}/group (same objects)",
+        measured,
+        ratio <= FLAT_MEMORY_SLACK,
+        caveat,
+    )
+
+
+def events_caveat(part: dict) -> str:
+    n = part["objects"]
+    return "" if n >= TARGET_EVENTS_OBJECTS else f"measured at {n:,} objects; the target is set at 1,000,000"
+
+
+def events_tick(doc: dict) -> dict | None:
+    part = doc.get("discovery", {}).get("events")
+    if not part:
+        return None
+    seconds, mb = part["seconds"]["sensor_tick"], part["peak_mib"]["sensor_tick"] * MIB_IN_MB
+    ratio = part["ratio_to_floor"]["sensor_tick"]
+    return verdict(
+        "Events-mode tick",
+        f"{part['new_objects']} new events over the inbox: <= 1 s and <= 100 MB",
+        f"{seconds:.2f} s ({ratio:.1f}x the floor), {mb:.1f} MB peak",
+        seconds <= 1 and mb <= 100,
+        events_caveat(part),
+    )
+
+
+def events_marker_to_run_request(doc: dict) -> dict | None:
+    part = doc.get("discovery", {}).get("events")
+    if not part:
+        return None
+    latency = part["marker_to_run_request_seconds"]
+    return verdict(
+        "Events mode, marker to run request",
+        "<= 2 s, a tick starting as the event arrives",
+        f"{latency:.2f} s (of it {part['marker_to_stream_seconds']:.2f} s until the event was in the stream)",
+        latency <= 2,
+        events_caveat(part),
     )
 
 
@@ -227,12 +291,77 @@ def discovery_section(part: dict) -> list[str]:
     return [
         "## Discovery",
         "",
-        f"One tick over N pending objects, {part['objects_per_group']} per group, every other group marked "
-        "complete (the first tick requests a run for each). Each cell: ratio of the median tick time to the "
-        "floor's, then the median seconds and the peak memory. Memory: " + part["memory_method"] + ". "
+        f"Listing mode (DISCOVERY_MODE=listing). One tick over N pending objects, {part['objects_per_group']} "
+        "per group, every other group marked complete (the first tick requests a run for each). Floor: a bare "
+        "paginated ListObjectsV2 of the inbox prefix, nothing else. Each cell: ratio of the median tick time to "
+        "the floor's, then the median seconds and the peak memory. Memory: " + part["memory_method"] + ". "
         "The steady tick is the one every interval repeats (cursor from the first tick, no new run requests).",
         "",
         *table(header, rows),
+        *group_sizes_lines(part.get("group_sizes")),
+        *events_lines(part.get("events")),
+    ]
+
+
+def group_sizes_lines(part: dict | None) -> list[str]:
+    if not part:
+        return []
+    rows = [
+        [
+            per_group,
+            f"{values['groups']:,}",
+            f"{values['sensor_first_tick_peak_mib']:.1f} MiB",
+            f"{values['floor_peak_mib']:.1f} MiB",
+        ]
+        for per_group, values in sorted(part["per_group"].items(), key=lambda item: int(item[0]))
+    ]
+    return [
+        f"Memory against objects per group, listing mode: the same {part['objects']:,} objects in groups of "
+        "each size, the sensor's first tick (it folds each group as the listing streams, so its memory should "
+        "follow the groups, not the objects) beside the floor listing's.",
+        "",
+        *table(["objects per group", "groups", "sensor, first tick", "floor: ListObjectsV2"], rows),
+    ]
+
+
+def events_lines(part: dict | None) -> list[str]:
+    if not part:
+        return []
+    sec, ratio, mem, rec = part["seconds"], part["ratio_to_floor"], part["peak_mib"], part["reconciliation"]
+    rows = [
+        [
+            "floor: read the new events, list the groups they name",
+            f"{sec['floor_read_and_list']:.3f} s",
+            "1.00x",
+            f"{mem['floor_read_and_list']:.1f} MiB",
+        ],
+        [
+            "sensor tick (events mode)",
+            f"{sec['sensor_tick']:.3f} s",
+            f"{ratio['sensor_tick']:.2f}x",
+            f"{mem['sensor_tick']:.1f} MiB",
+        ],
+    ]
+    return [
+        "### Events mode",
+        "",
+        f"DISCOVERY_MODE=events with a NATS server (JetStream) of the run's own and the SeaweedFS bridge "
+        f"(`python -m workers.bridge`). {part['objects']:,} objects loaded ({part['load_seconds']:.0f} s), every "
+        "group marked, before the bridge started. Reconciliation of "
+        f"{part['objects']:,} objects: the first tick has no stream position, so it starts a full pass, spread "
+        f"over ticks of at most {part['slice_seconds']:g} s; the pass took {rec['seconds']:.1f} s in "
+        f"{rec['ticks']} tick(s) and requested {rec['run_requests']:,} runs. Then {part['new_objects']} new "
+        f"objects ({part['new_groups']} groups, marker last) went in through the bridge, and the tick after "
+        f"requested {part['run_requests_new_tick']} runs. The tick below is that tick evaluated again from the "
+        f"same cursor, median of {part['repeats']} rounds interleaved with the floor; the floor is the least such "
+        f"a tick can do: read those {part['new_objects']} events from the stream and list the "
+        f"{part['new_groups']} groups they name, nothing else.",
+        "",
+        *table(["variant", "seconds", "ratio to floor", "peak memory"], rows),
+        f"Marker to run request: {part['marker_to_run_request_seconds']:.2f} s from the last marker's PUT to the "
+        f"run requests of a tick started as soon as its event was in the stream "
+        f"({part['marker_to_stream_seconds']:.2f} s: the bridge's latency).",
+        "",
     ]
 
 
