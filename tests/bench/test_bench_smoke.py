@@ -72,3 +72,22 @@ def test_the_markdown_has_the_machine_and_the_targets(smoke):
     assert "## Machine" in markdown and "## Targets (issue 6)" in markdown
     assert all(target["target"] in markdown for target in document["targets"])
     assert document["machine"]["cpus"] > 0
+
+
+def test_discovery_reports_events_mode_against_its_floor(smoke):
+    document, markdown = smoke
+    events = document["discovery"]["events"]
+    assert positive(events["seconds"]) and positive(events["ratio_to_floor"]) and positive(events["peak_mib"])
+    assert events["ratio_to_floor"]["floor_read_and_list"] == 1.0
+    assert events["run_requests_new_tick"] == events["new_groups"] > 0
+    assert events["reconciliation"]["ticks"] >= 1 and events["reconciliation"]["run_requests"] > 0
+    assert events["marker_to_run_request_seconds"] >= events["marker_to_stream_seconds"] > 0
+    assert "### Events mode" in markdown
+
+
+def test_discovery_reports_listing_memory_at_two_group_sizes(smoke):
+    document, _ = smoke
+    group_sizes = document["discovery"]["group_sizes"]
+    assert document["discovery"]["mode"] == "listing"
+    assert len(group_sizes["per_group"]) == 2
+    assert all(values["sensor_first_tick_peak_mib"] > 0 for values in group_sizes["per_group"].values())
