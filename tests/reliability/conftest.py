@@ -26,6 +26,7 @@ class Ledger(Counter):
         self.bad_inputs: list[tuple[str, str, str]] = []  # case, key, outcome
         self.servers: set[str] = set()  # the S3 servers the immutability tests ran against
         self.convergence: list[tuple[str, float]] = []  # scenario, seconds until the drop was staged
+        self.event_outages: list[tuple[int, int, int, float]] = []  # seed, drops, faults, seconds until all staged
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +56,11 @@ def write_report(counts: Ledger) -> None:
         ("drops converged after the whole orchestrator was killed mid-run", counts["orchestrator_kills_converged"]),
         ("drops converged after the object store was down past every retry", counts["outages_converged"]),
         ("poison drops stopped at the retry limit, shown as needing attention", counts["poison_drops_held"]),
+        (
+            "drops staged once through a burst in which the bridge, NATS and the S3 server were killed",
+            counts["event_outage_drops"],
+        ),
+        ("bridge, NATS and S3-server kills during those bursts", counts["event_outage_faults"]),
         ("files checked after faults", counts["files_checked"]),
         (
             "raw versions checked after faults (recorded, locked as recorded, alone at their key)",
@@ -92,6 +98,11 @@ def write_report(counts: Ledger) -> None:
         lines += ["| scenario | seconds |", "| --- | ---: |"]
         lines += [f"| {what} | {seconds:.0f} |" for what, seconds in counts.convergence]
         lines += ["", "Measured from the restart (orchestrator killed) or from the object store's return (outage).", ""]
+    if counts.event_outages:
+        lines += ["## Events mode: bursts with the bridge, NATS and the S3 server killed at seeded points", ""]
+        lines += ["| seed | drops | kills | seconds until all staged |", "| ---: | ---: | ---: | ---: |"]
+        lines += [f"| {seed} | {drops} | {kills} | {secs:.0f} |" for seed, drops, kills, secs in counts.event_outages]
+        lines += ["", "EVENT_OUTAGES_SEED=<seed> replays a burst (tests/reliability/test_event_outages.py).", ""]
     if counts.bad_inputs:
         lines += ["## Bad inputs and their recorded outcomes", "", "| case | key | outcome |", "| --- | --- | --- |"]
         lines += [f"| {case} | `{shorten(key)}` | {outcome} |" for case, key, outcome in counts.bad_inputs]
