@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from orchestrator.defs.dagster_internals import UNREACHABLE_GRACE_SECONDS
 from tests.helpers import drop_files, staged_state
 from tests.services import S3_KEYS, DevUpProcess, S3Server, fresh_copy, start_s3_server, stop_process_group, wait_for_s3
 from workers.inbox import group_id
@@ -206,6 +207,27 @@ def test_a_drop_converges_after_the_whole_orchestrator_is_killed_mid_run(platfor
     print(platform.diagnosis(group))
     ledger.update(orchestrator_kills_converged=1)
     ledger.convergence.append((f"orchestrator killed at {point}", seconds))
+
+
+def test_a_run_that_outlasts_run_monitoring_s_grace_is_not_taken_for_lost(platform, ledger):
+    """A worker held past UNREACHABLE_GRACE_SECONDS and two monitoring polls. dagster dev's proxy
+    code server answers GetCurrentRuns UNIMPLEMENTED: before MonitoredRunLauncher asked
+    CanCancelExecution instead, that was taken for an unreachable server and every run older than
+    ~45 s was failed while it ran, and run again beside itself (found by issue 15's batch runs)."""
+    group = "inbox/acme/unknown/long-run/"
+    platform.start(pause_at="stager.copied:1")
+    drop_files(platform.s3.client(), platform.bucket, group, FILES)
+    platform.wait_until_paused()
+    time.sleep(UNREACHABLE_GRACE_SECONDS + 2 * 15 + 10)  # run_monitoring.poll_interval_seconds: 15
+    (running,) = platform.runs(group)
+    assert running["status"] == "STARTED", platform.diagnosis(group)
+
+    platform.release()
+    platform.wait_for(lambda: platform.converged(group), group)
+    platform.wait_for(lambda: platform.runs(group)[0]["status"] == "SUCCESS", group, timeout=120)
+
+    assert_exactly_once(platform, group, ledger)
+    assert [r["status"] for r in platform.runs(group)] == ["SUCCESS"], platform.diagnosis(group)
 
 
 # The sweeper's rounds (45 s, then 90 s later) outlast the outage; the step and run retries do not.

@@ -23,7 +23,10 @@ dagster 1.13.27 / dagster-docker 0.29.27: on an upgrade, re-read the parts named
   loss) and the run stays STARTED for ever. It asks the code server recorded in the run's
   `.dagster/grpc_info` tag (set by `DefaultRunLauncher.launch_run_from_grpc_client`) for its
   current runs (`DagsterGrpcClient.get_current_runs`, the call the server answers from the
-  executions it holds).
+  executions it holds). `dagster dev` puts a proxy in front of the code server, which does not
+  forward that call (it answers UNIMPLEMENTED: taken for an unreachable server, every run older
+  than the grace was failed while it ran); the proxy forwards `CanCancelExecution`, which the code
+  server answers from the same executions, so that is asked instead.
 """
 
 from __future__ import annotations
@@ -41,12 +44,13 @@ from typing import Any
 
 import dagster as dg
 import docker.errors
+import grpc  # type: ignore[import-untyped]  # grpcio ships no types (types-grpcio is not installed)
 from dagster._core.errors import DagsterUserCodeUnreachableError
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._grpc.client import DagsterGrpcClient
-from dagster._grpc.types import GetCurrentRunsResult
+from dagster._grpc.types import CanCancelExecutionRequest, CanCancelExecutionResult, GetCurrentRunsResult
 from dagster._serdes import deserialize_value
 from dagster_docker import PipesDockerClient
 
@@ -279,7 +283,7 @@ class MonitoredRunLauncher(DefaultRunLauncher):
             use_ssl=bool(server.get("use_ssl", False)),
         )
         try:
-            current = deserialize_value(client.get_current_runs(), GetCurrentRunsResult).current_runs
+            holds_it = holds_run(client, run.run_id)
         except DagsterUserCodeUnreachableError:
             first = self._unreachable_since.setdefault(run.run_id, time.monotonic())
             if time.monotonic() - first < UNREACHABLE_GRACE_SECONDS:
@@ -292,7 +296,7 @@ class MonitoredRunLauncher(DefaultRunLauncher):
                 "(orchestrator stopped or killed)",
             )
         self._unreachable_since.pop(run.run_id, None)
-        if run.run_id in current:
+        if holds_it:
             return CheckRunHealthResult(WorkerStatus.RUNNING)
         return self.lost(run, WorkerStatus.NOT_FOUND, "the code server that ran it holds no such run")
 
@@ -301,6 +305,19 @@ class MonitoredRunLauncher(DefaultRunLauncher):
         holds them, not the process that died): they are removed before the run is marked failed, so
         no worker of a failed run goes on touching the store beside the retry's."""
         return CheckRunHealthResult(status, f"{why}: its process is gone{remove_run_containers(run.run_id).note()}")
+
+
+def holds_run(client: DagsterGrpcClient, run_id: str) -> bool:
+    """Whether the code server behind `client` is executing the run. DagsterUserCodeUnreachableError
+    when it does not answer (an UNIMPLEMENTED answer is an answer: see the module's header)."""
+    try:
+        return run_id in deserialize_value(client.get_current_runs(), GetCurrentRunsResult).current_runs
+    except DagsterUserCodeUnreachableError as exc:
+        cause = exc.__cause__
+        if not (isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.UNIMPLEMENTED):
+            raise
+    answer = client.can_cancel_execution(CanCancelExecutionRequest(run_id=run_id))
+    return deserialize_value(answer, CanCancelExecutionResult).can_cancel
 
 
 @dataclass(frozen=True)
