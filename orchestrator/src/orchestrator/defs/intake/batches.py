@@ -26,12 +26,12 @@ from workers.inbox import group_id
 # At ~2.5 s of workers per drop a batch of 25 takes about a minute: a later tick's groups wait no
 # longer than that for a free run slot, and a run retry repeats at most that.
 BATCH_SIZE = 25
-# Off until two things that cannot yet tell a batch run apart are fixed (issue 15, measured
-# 2026-12-06): in dev mode run monitoring marks any run longer than ~30-45 s failed (the code
-# server `dagster dev` starts is a proxy, which answers MonitoredRunLauncher's GetCurrentRuns with
-# UNIMPLEMENTED, taken for "not answering"), so a batch is retried while it still runs; and
-# intake_sweeper finds a failed drop by its run's health-intake/drop tag, which a batch run has
-# per group (drops_of, single_group_run below are what it needs). Until then: one run per group.
+# Off until intake_sweeper can tell a batch run apart (issue 15, measured 2026-12-06: ~1.9x the
+# drops per hour of one run each): it finds a failed drop by its run's health-intake/drop tag,
+# which a batch run has per group (drops_of, single_group_run below are what it needs). The other
+# blocker found then, dev-mode run monitoring failing any run older than ~45 s (the proxy code
+# server `dagster dev` starts answers GetCurrentRuns UNIMPLEMENTED), is fixed in
+# dagster_internals.holds_run. Until then: one run per group.
 BATCH_RUNS = False
 BATCH_TAG = "health-intake/batch"
 SUBMITTER_TAG = "health-intake/submitter"
