@@ -28,7 +28,8 @@ DROP = "inbox/acme/unknown/drop-001/"
 def setup(monkeypatch, tmp_path, s3_server, bucket, event_settings):
     db_url = f"sqlite:///{tmp_path / 'metadata.db'}"
     migrate(db_url)
-    for name, value in {**platform_environment(db_url, s3_server, bucket), **events_environment(event_settings)}.items():
+    environment = {**platform_environment(db_url, s3_server, bucket), **events_environment(event_settings)}
+    for name, value in environment.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(watch, "_memory", None)
     return s3_server, bucket, event_settings

@@ -141,7 +141,7 @@ def register_submissions_from_groups(
     others) and does not stop them; the step fails at the end naming the groups that still failed."""
     outcomes = register_groups(context, config.groups, launcher)
     failed = [o for o in outcomes if o["status"] == FAILED_GROUP]
-    metadata = {
+    metadata: dict[str, dg.RawMetadataValue] = {
         "groups": len(outcomes),
         "failed": len(failed),
         "outcomes": dg.MetadataValue.md(markdown_table(outcomes)),
