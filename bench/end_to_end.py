@@ -214,15 +214,22 @@ def run(workdir: Path, drops: int, singles: int, sensor_interval: int, log) -> d
         log(f"end to end: {drops} drops at once staged in {elapsed:.1f} s")
         floors = [bare_chain(platform, f"floor-{i:03d}") for i in range(max(singles, 1))]
         log(f"end to end: the three workers as bare processes: {statistics.median(floors):.1f} s")
+        mode = discovery_mode(copy)
     finally:
         platform.stop()
+    listing_rows = listing_singles(copy, singles, sensor_interval, log) if mode == "events" else []
     return {
         "sensor_interval_seconds": sensor_interval,
         "metadata_db": "sqlite (dev mode default)",
         "dev_up_seconds": up_seconds,
         "floor_bare_worker_chain_seconds": statistics.median(floors),
         "all_floor_seconds": floors,
+        "discovery_mode": mode,
         "single_drops": {"count": singles, "median": summary(single_rows), "drops": single_rows},
+        # The same single drops with DISCOVERY_MODE=listing (the same copy, dev_up started again).
+        "single_drops_listing": (
+            {"count": singles, "median": summary(listing_rows), "drops": listing_rows} if listing_rows else None
+        ),
         "burst": {
             "drops": drops,
             "seconds_first_marker_to_last_staged": elapsed,
@@ -231,3 +238,30 @@ def run(workdir: Path, drops: int, singles: int, sensor_interval: int, log) -> d
             "drops_detail": burst_rows,
         },
     }
+
+
+def discovery_mode(copy: Path) -> str:
+    """The DISCOVERY_MODE dev_up.sh chose (written to .local/dev.env)."""
+    for line in (copy / ".local/dev.env").read_text().splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        if name.strip() == "DISCOVERY_MODE":
+            return value.strip().strip("'\"")
+    return "listing"
+
+
+def listing_singles(copy: Path, singles: int, sensor_interval: int, log) -> list[dict]:
+    """Single drops again, with the sensor listing the inbox (DISCOVERY_MODE=listing)."""
+    platform = DevUp(copy, sensor_interval=sensor_interval)
+    platform.env["DISCOVERY_MODE"] = "listing"
+    rows: list[dict] = []
+    try:
+        platform.start()
+        s3 = platform.s3.client()
+        for i in range(singles):
+            key, marker_at = drop(s3, f"listing-single-{i:03d}")
+            staged = wait_staged(platform, {key}, timeout=300 + sensor_interval)
+            rows += run_breakdown(platform, {key: marker_at}, staged)
+            log(f"end to end, listing mode: single drop {i + 1}: {rows[-1]['latency_seconds']:.1f} s marker to staged")
+    finally:
+        platform.stop()
+    return rows

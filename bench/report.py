@@ -24,6 +24,7 @@ def targets(doc: dict) -> list[dict]:
             staging_with_cleanup(doc),
             launch(doc),
             end_to_end(doc),
+            *single_drop_by_mode(doc),
             end_to_end_throughput(doc),
         )
         if target
@@ -170,6 +171,33 @@ def end_to_end(doc: dict) -> dict | None:
         f"{latency:.1f} s (median of single drops)",
         latency <= interval + 30,
     )
+
+
+# Issue 15: a single drop, marker to staged, with a 5 s sensor interval, by discovery mode.
+TARGET_SINGLE_SECONDS = {"events": 10.0, "listing": 15.0}
+
+
+def single_drop_by_mode(doc: dict) -> list[dict]:
+    part = doc.get("end_to_end")
+    if not part or "skipped" in part:
+        return []
+    found = []
+    runs = {part.get("discovery_mode", "listing"): part.get("single_drops")}
+    runs["listing"] = part.get("single_drops_listing") or runs.get("listing")
+    for mode, limit in TARGET_SINGLE_SECONDS.items():
+        singles = runs.get(mode)
+        if not singles or not singles.get("drops"):
+            continue
+        latency = singles["median"]["latency_seconds"]
+        found.append(
+            verdict(
+                f"Single drop, {mode} mode",
+                f"marker to staged <= {limit:g} s median ({part['sensor_interval_seconds']} s interval)",
+                f"{latency:.1f} s (median of {singles['count']})",
+                latency <= limit,
+            )
+        )
+    return found
 
 
 # Issue 15: a burst of small drops through `dagster dev` on the 2-core machine.
