@@ -31,6 +31,7 @@ MARKER = "_SUCCESS"
 SUBMITTERS = 50
 BODY = b"member_id,amount\n1,10\n"
 LOAD_THREADS = 48
+LOAD_BATCH = 10_000
 MiB = 1024 * 1024
 
 
@@ -49,10 +50,13 @@ def load_inbox(
     """Put objects start..stop-1 with many threads and small bodies; the seconds it took."""
     s3 = endpoint.client(connections=LOAD_THREADS)
     began = time.perf_counter()
+    put = lambda key: s3.put_object(Bucket=bucket, Key=key, Body=BODY)  # noqa: E731
     with ThreadPoolExecutor(LOAD_THREADS) as pool:
-        keys = (object_key(i, per_group, marked_every) for i in range(start, stop))
-        for _ in pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=BODY), keys, chunksize=64):
-            pass
+        # pool.map submits all it is given at once: in batches, so a million keys never wait as futures.
+        for batch in range(start, stop, LOAD_BATCH):
+            keys = [object_key(i, per_group, marked_every) for i in range(batch, min(batch + LOAD_BATCH, stop))]
+            for _ in pool.map(put, keys):
+                pass
     return time.perf_counter() - began
 
 
