@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import dagster as dg
 import pytest
 
-from orchestrator.defs.intake import sensors, watch
+from orchestrator.defs.intake import watch
 from orchestrator.defs.intake.sensors import inbox_discovery_sensor
 from tests.events_services import events_environment, running_bridge
-from tests.orchestrator.test_inbox_sensor import Clock, Inbox, Ticks, grouping_keys
+from tests.orchestrator.test_inbox_sensor import Inbox, Ticks, grouping_keys
 from tests.services import migrate, platform_environment
 from workers import events
 from workers.discovery import load_cursor
@@ -33,13 +33,6 @@ def setup(monkeypatch, tmp_path, s3_server, bucket, event_settings):
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(watch, "_memory", None)
     return s3_server, bucket, event_settings
-
-
-@pytest.fixture
-def clock(monkeypatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(sensors, "utc_now", lambda: clock.now)
-    return clock
 
 
 @pytest.fixture

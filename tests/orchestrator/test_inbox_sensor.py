@@ -10,7 +10,6 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
@@ -25,6 +24,7 @@ from orchestrator.definitions import defs
 from orchestrator.defs.intake import sensors
 from orchestrator.defs.intake.sensors import inbox_discovery_sensor, sensor_interval_seconds
 from tests.events_services import events_environment, running_bridge, stream_messages
+from tests.orchestrator.conftest import Clock
 from tests.services import free_port_block, migrate, platform_environment
 from workers.discovery import load_cursor, load_state
 from workers.inbox import file_id, group_id
@@ -91,14 +91,6 @@ class RecordedLog(logging.Handler):
         return [m for m in messages if containing in m]
 
 
-class Clock:
-    def __init__(self):
-        self.now = datetime.now(UTC)
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
 class Ticks:
     """Evaluates ticks the way the daemon does, each with the cursor the previous one left.
 
@@ -151,13 +143,6 @@ def wait_for_messages(events: EventSettings, count: int, timeout: float = 30) ->
     while (found := len(stream_messages(events))) < count:
         assert time.monotonic() < deadline, f"{found} of {count} events reached the stream"
         time.sleep(0.05)
-
-
-@pytest.fixture
-def clock(monkeypatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(sensors, "utc_now", lambda: clock.now)
-    return clock
 
 
 @pytest.fixture
