@@ -243,7 +243,7 @@ def reconcile(ticks: Ticks, size: int) -> dict:
     seconds = time.perf_counter() - began
     if requests != size // NEW_PER_GROUP:
         raise RuntimeError(f"the pass requested {requests} runs, expected {size // NEW_PER_GROUP}")
-    return {"seconds": seconds, "ticks": count, "run_requests": requests, "cursor": cursor}
+    return {"seconds": seconds, "ticks": count, "run_requests": requests, "cursor": cursor, "cursor_bytes": len(cursor)}
 
 
 def put_new_groups(endpoint: S3Endpoint, bucket: str, ev, offset: int, ticks: Ticks, cursor: str | None) -> dict:

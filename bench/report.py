@@ -378,7 +378,13 @@ def events_lines(part: dict | None) -> list[str]:
         "group marked, before the bridge started. Reconciliation of "
         f"{part['objects']:,} objects: the first tick has no stream position, so it starts a full pass, spread "
         f"over ticks of at most {part['slice_seconds']:g} s; the pass took {rec['seconds']:.1f} s in "
-        f"{rec['ticks']} tick(s) and requested {rec['run_requests']:,} runs. Then {part['new_objects']} new "
+        f"{rec['ticks']} tick(s) and requested {rec['run_requests']:,} runs"
+        + (
+            f"; the cursor it left, which each tick reads and writes, is {rec['cursor_bytes'] / 2**20:.1f} MiB"
+            if "cursor_bytes" in rec
+            else ""
+        )
+        + f". Then {part['new_objects']} new "
         f"objects ({part['new_groups']} groups, marker last) went in through the bridge, and the tick after "
         f"requested {part['run_requests_new_tick']} runs. The tick below is that tick evaluated again from the "
         f"same cursor, median of {part['repeats']} rounds interleaved with the floor; the floor is the least such "

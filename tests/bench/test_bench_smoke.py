@@ -81,6 +81,7 @@ def test_discovery_reports_events_mode_against_its_floor(smoke):
     assert events["ratio_to_floor"]["floor_read_and_list"] == 1.0
     assert events["run_requests_new_tick"] == events["new_groups"] > 0
     assert events["reconciliation"]["ticks"] >= 1 and events["reconciliation"]["run_requests"] > 0
+    assert 0 < events["reconciliation"]["cursor_bytes"] < 100 * events["reconciliation"]["run_requests"] + 1000
     assert events["marker_to_run_request_seconds"] >= events["marker_to_stream_seconds"] > 0
     assert "### Events mode" in markdown
 

@@ -45,11 +45,12 @@ def at(minutes: float) -> datetime:
 
 
 def ticks(*listings_at: tuple[float, list[InboxObject]], uploads: list[Upload] = ()) -> Evaluation:
-    """Evaluate successive ticks, carrying the state; the last evaluation."""
+    """Evaluate successive ticks, carrying the state through the cursor as the sensor does; the
+    last evaluation."""
     state = {}
     for minutes, objects in listings_at:
         evaluation = evaluate(objects, uploads, state, at(minutes), SETTINGS)
-        state = evaluation.state
+        state = load_state(dump_state(evaluation.state))
     return evaluation
 
 
@@ -230,12 +231,47 @@ def test_grouping_follows_the_configured_depth_and_prefix():
 
 
 def test_the_state_survives_the_cursor_round_trip():
+    """A pending group whole; a requested one as its content version (the run key's), no clock."""
     state = {
         "inbox/açme/\x01/d 1/": Sighting(fingerprint="f" * 64, since=T0, requested=True),
         DROP: Sighting(fingerprint="0" * 64, since=at(3)),
     }
 
-    assert load_state(dump_state(state)) == state
+    assert load_state(dump_state(state)) == {
+        "inbox/açme/\x01/d 1/": Sighting(fingerprint="f" * 16, since=None, requested=True),
+        DROP: Sighting(fingerprint="0" * 64, since=at(3)),
+    }
+
+
+def test_a_requested_group_read_back_from_the_cursor_is_not_requested_again_for_the_same_content():
+    listing = [obj(DROP + "a.csv"), obj(DROP + "_SUCCESS", size=0)]
+
+    again = ticks((0, listing), (5, listing), (60, listing))
+
+    assert again.complete == []
+    assert again.state[group_id(DROP)].requested
+
+
+def test_a_late_file_after_the_cursor_round_trip_is_a_new_request_with_a_new_run_key():
+    listing = [obj(DROP + "a.csv"), obj(DROP + "_SUCCESS", size=0)]
+    (first,) = ticks((0, listing)).complete
+
+    (late,) = ticks((0, listing), (5, [*listing, obj(DROP + "late.csv")])).complete
+
+    assert late.run_key != first.run_key and late.run_key.startswith(group_id(DROP) + "@")
+    assert late.object_count == 3
+
+
+def test_a_requested_group_quiet_again_after_a_change_is_requested_by_quiescence():
+    """A group closed by quiet time that changes later gets a new quiet clock, not the old one."""
+    first = [obj(DROP + "a.csv")]
+    later = [*first, obj(DROP + "b.csv")]
+
+    evaluations = [ticks((0, first), (10, first), (11, later), (11 + m, later)) for m in (9, 10)]
+
+    assert evaluations[0].complete == []
+    (complete,) = evaluations[1].complete
+    assert complete.method == QUIESCENCE and complete.object_count == 2
 
 
 def test_the_cursor_is_versioned_json_of_the_pending_groups_by_id():
@@ -244,16 +280,40 @@ def test_the_cursor_is_versioned_json_of_the_pending_groups_by_id():
     cursor = json.loads(dump_state(evaluation.state))
 
     assert cursor == {
-        "version": 3,
-        "groups": {
-            group_id(DROP): {
-                "fingerprint": fingerprint([obj(DROP + "a.csv")]),
-                "since": T0.isoformat(),
-                "requested": False,
-            }
-        },
+        "version": 4,
+        "groups": {group_id(DROP): {"fingerprint": fingerprint([obj(DROP + "a.csv")]), "since": T0.isoformat()}},
+        "requested": {},
     }
     assert "drop-001" not in dump_state(evaluation.state)
+
+
+def test_requested_groups_are_kept_apart_as_their_content_version():
+    listing = [obj(DROP + "a.csv"), obj(DROP + "_SUCCESS", size=0)]
+    (complete,) = ticks((0, listing)).complete
+
+    cursor = json.loads(dump_state(ticks((0, listing)).state))
+
+    assert cursor["groups"] == {}
+    assert cursor["requested"] == {group_id(DROP): fingerprint(listing)[:16]}
+    assert complete.run_key == f"{group_id(DROP)}@{cursor['requested'][group_id(DROP)]}"
+
+
+def test_a_version_3_cursor_is_still_read():
+    """What the sensor wrote before requested groups were kept apart (an upgrade keeps its state)."""
+    cursor = json.dumps(
+        {
+            "version": 3,
+            "groups": {
+                "g-a": {"fingerprint": "a" * 64, "since": T0.isoformat(), "requested": True},
+                "g-b": {"fingerprint": "b" * 64, "since": at(1).isoformat(), "requested": False},
+            },
+        }
+    )
+
+    assert load_state(cursor) == {
+        "g-a": Sighting(fingerprint="a" * 64, since=T0, requested=True),
+        "g-b": Sighting(fingerprint="b" * 64, since=at(1)),
+    }
 
 
 def test_no_cursor_is_an_empty_state():
@@ -269,6 +329,9 @@ def test_no_cursor_is_an_empty_state():
         '{"version": 2}',
         '{"version": 2, "groups": {"k": {}}}',
         '{"version": 2, "groups": {"k": {"fingerprint": "a", "since": "2026-03-01T12:00:00", "requested": false}}}',
+        '{"version": 4, "groups": {}}',
+        '{"version": 4, "groups": {}, "requested": {"k": {"fingerprint": "a"}}}',
+        '{"version": 4, "groups": {}, "requested": {"k": "abc"}}',
     ],
 )
 def test_an_unreadable_cursor_is_a_value_error(cursor):

@@ -37,8 +37,14 @@ GroupingMethodInput = Literal["MARKER_FILE", "QUIESCENCE", "marker", "quiescence
 assert set(get_args(GroupingMethodInput)) == set(GROUPING_METHODS) | set(GROUPING_METHOD_ALIASES)
 # 2: groups keyed by their id, not their key (the cursor is stored and shown by Dagster).
 # 3: and, in events mode, the event stream position, the last full listing and missed events.
-CURSOR_VERSION = 3
-READABLE_CURSOR_VERSIONS = (2, 3)
+# 4: requested groups apart, as their content version alone (a quarter of the text per group:
+#    with STAGER_DELETE_INBOX=false every group ever delivered stays in the inbox, and here).
+CURSOR_VERSION = 4
+READABLE_CURSOR_VERSIONS = (2, 3, 4)
+# A group's content is identified by this many hex digits of its fingerprint: the run key's
+# version, and what a requested group's cursor entry keeps (64 bits: no two contents of one group
+# meet by chance).
+CONTENT_VERSION_CHARS = 16
 
 
 @dataclass(frozen=True)
@@ -52,10 +58,12 @@ class Upload:
 
 @dataclass(frozen=True)
 class Sighting:
-    """How a pending group last looked to the sensor, since when, and whether that was requested."""
+    """How a group last looked to the sensor, since when, and whether that was requested. A
+    requested group read back from a cursor keeps only its content version as fingerprint, and no
+    `since` (its quiet clock is over): compare fingerprints with same_content."""
 
     fingerprint: str
-    since: datetime
+    since: datetime | None
     requested: bool = False
 
 
@@ -82,7 +90,7 @@ class CompleteGroup:
     def run_key(self) -> str:
         """Identity + version: the same content never registers twice, a late file registers anew.
         The group's id, not its key: run keys are shown and stored where keys must not go."""
-        return f"{group_id(self.group.grouping_key)}@{self.fingerprint[:16]}"
+        return f"{group_id(self.group.grouping_key)}@{content_version(self.fingerprint)}"
 
 
 @dataclass(frozen=True)
@@ -223,9 +231,18 @@ def uploads_by_group(uploads: Iterable[Upload], settings: IntakeSettings) -> dic
     return blocked
 
 
+def content_version(fingerprint: str) -> str:
+    return fingerprint[:CONTENT_VERSION_CHARS]
+
+
+def same_content(a: str, b: str) -> bool:
+    """Whether two fingerprints, either of them possibly a content version, name the same content."""
+    return content_version(a) == content_version(b)
+
+
 def observe(previous: Sighting | None, current: str, now: datetime) -> Sighting:
     """Any change of content restarts the quiet clock and needs a request of its own."""
-    if previous is not None and previous.fingerprint == current:
+    if previous is not None and same_content(previous.fingerprint, current):
         return previous
     return Sighting(fingerprint=current, since=now)
 
@@ -235,7 +252,7 @@ def completion_method(
 ) -> GroupingMethod | None:
     if view.has_marker:
         return MARKER
-    if now - sighting.since >= timedelta(minutes=settings.quiescence_minutes):
+    if sighting.since is not None and now - sighting.since >= timedelta(minutes=settings.quiescence_minutes):
         return QUIESCENCE
     return None
 
@@ -254,12 +271,17 @@ class Cursor:
 
 def dump_cursor(cursor: Cursor) -> str:
     """JSON holding only the groups still in the inbox, by their ids (Dagster stores the cursor and
-    shows it on the sensor's page: no keys in it), and events mode's numbers."""
-    groups = {
-        key: {"fingerprint": s.fingerprint, "since": s.since.isoformat(), "requested": s.requested}
-        for key, s in cursor.groups.items()
-    }
-    document: dict = {"version": CURSOR_VERSION, "groups": groups}
+    shows it on the sensor's page: no keys in it), and events mode's numbers. Pending groups with
+    their fingerprint and quiet clock; requested ones as a content version alone, since only a
+    change of content matters for them (at 100,000 groups the text is ~4 MB, not ~16 MB)."""
+    groups, requested = {}, {}
+    for key, s in cursor.groups.items():
+        if s.requested:
+            requested[key] = content_version(s.fingerprint)
+        else:
+            assert s.since is not None, "a pending group has a quiet clock"
+            groups[key] = {"fingerprint": s.fingerprint, "since": s.since.isoformat()}
+    document: dict = {"version": CURSOR_VERSION, "groups": groups, "requested": requested}
     if cursor.position is not None:
         document["events"] = cursor.position
     if cursor.reconciled_at is not None:
@@ -271,7 +293,7 @@ def dump_cursor(cursor: Cursor) -> str:
 
 def load_cursor(text: str | None) -> Cursor:
     """The cursor in `text`; ValueError when it is not one this module wrote (version 2, before
-    events mode, reads as its groups alone)."""
+    events mode, reads as its groups alone; 2 and 3 keep requested groups among the others)."""
     if not text:
         return Cursor({})
     try:
@@ -279,6 +301,8 @@ def load_cursor(text: str | None) -> Cursor:
         if document["version"] not in READABLE_CURSOR_VERSIONS:
             raise ValueError(f"cursor version {document['version']!r} is not one of {READABLE_CURSOR_VERSIONS}")
         groups = {key: sighting_from(entry) for key, entry in document["groups"].items()}
+        if document["version"] >= 4:
+            groups.update({key: requested_from(version) for key, version in document["requested"].items()})
         position = document.get("events")
         if position is not None and not (isinstance(position, dict) and {"stream_created", "seq"} <= set(position)):
             raise ValueError("cursor's event position is not one this module wrote")
@@ -309,9 +333,15 @@ def aware(moment: datetime) -> datetime:
     return moment
 
 
+def requested_from(version: object) -> Sighting:
+    if not isinstance(version, str) or len(version) != CONTENT_VERSION_CHARS:
+        raise TypeError("a requested group's entry is its content version")
+    return Sighting(fingerprint=version, since=None, requested=True)
+
+
 def sighting_from(entry: dict) -> Sighting:
     since = aware(datetime.fromisoformat(entry["since"]))
-    return Sighting(fingerprint=str(entry["fingerprint"]), since=since, requested=bool(entry["requested"]))
+    return Sighting(fingerprint=str(entry["fingerprint"]), since=since, requested=bool(entry.get("requested", False)))
 
 
 def list_uploads(s3: S3Client, bucket: str, prefix: str) -> list[Upload]:

@@ -204,7 +204,7 @@ def reconcile_slice(
         if gid in look.listed:
             continue  # an event touched it this tick: listed already, announced
         known = cursor.groups.get(gid)
-        if current.counts_missed and (known is None or known.fingerprint != view.fingerprint):
+        if current.counts_missed and (known is None or not discovery.same_content(known.fingerprint, view.fingerprint)):
             current.missed_objects += view.object_count
             current.missed_groups += 1
             look.missed += view.object_count
