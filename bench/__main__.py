@@ -14,6 +14,8 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -88,20 +90,34 @@ def log(message: str) -> None:
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> dict:
+    """Each part's results; a part that fails is recorded with its error (its first line) and the
+    run goes on, so an hour of measurements is never lost to the last part."""
     results: dict = {}
     skipped = {part: "skipped by --skip" + (" (--smoke)" if args.smoke else "") for part in args.skip}
+
+    def attempt(part: str, call: Callable[[], dict]) -> None:
+        if part in args.skip:
+            return
+        try:
+            results[part] = call()
+        except Exception as exc:
+            traceback.print_exc()
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            results[part] = {"skipped": f"failed: {type(exc).__name__}: {first_line}", "failed": True}
+            log(f"{part}: failed ({type(exc).__name__}), recorded in the results; the run goes on")
+
     with services.s3_server(workdir) as endpoint, services.postgres_database() as pg_url:
         log(f"S3 server at {endpoint.endpoint}, Postgres database {pg_url.rsplit('/', 1)[-1]}")
-        if "discovery" not in args.skip:
-            results["discovery"] = run_discovery(args, endpoint, workdir)
-        if "staging" not in args.skip:
-            results["staging"] = run_staging(args, endpoint, pg_url)
-        if "launch" not in args.skip:
-            results["launch"] = run_launch(args, endpoint, pg_url)
-    if "end_to_end" not in args.skip:
+        attempt("discovery", lambda: run_discovery(args, endpoint, workdir))
+        attempt("staging", lambda: run_staging(args, endpoint, pg_url))
+        attempt("launch", lambda: run_launch(args, endpoint, pg_url))
+
+    def end_to_end_part() -> dict:
         from bench import end_to_end
 
-        results["end_to_end"] = end_to_end.run(workdir, args.e2e_drops, args.e2e_singles, args.sensor_interval, log)
+        return end_to_end.run(workdir, args.e2e_drops, args.e2e_singles, args.sensor_interval, log)
+
+    attempt("end_to_end", end_to_end_part)
     return results | {part: {"skipped": reason} for part, reason in skipped.items()}
 
 
@@ -197,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(report.render(document, json_path))
     log(f"wrote {json_path} and {md_path}")
+    failed = [part for part in PARTS if isinstance(results.get(part), dict) and results[part].get("failed")]
+    if failed:
+        log(f"failed parts (their errors are in the results): {', '.join(failed)}")
+        return 1
     return 0
 
 
