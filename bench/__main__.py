@@ -89,9 +89,10 @@ def log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def measure(args: argparse.Namespace, workdir: Path) -> dict:
+def measure(args: argparse.Namespace, workdir: Path, save: Callable[[dict], None]) -> dict:
     """Each part's results; a part that fails is recorded with its error (its first line) and the
-    run goes on, so an hour of measurements is never lost to the last part."""
+    run goes on, so an hour of measurements is never lost to the last part. save(results so far)
+    after each part: a run stopped midway leaves what it measured."""
     results: dict = {}
     skipped = {part: "skipped by --skip" + (" (--smoke)" if args.smoke else "") for part in args.skip}
 
@@ -105,6 +106,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
             first_line = (str(exc).strip().splitlines() or [""])[0][:300]
             results[part] = {"skipped": f"failed: {type(exc).__name__}: {first_line}", "failed": True}
             log(f"{part}: failed ({type(exc).__name__}), recorded in the results; the run goes on")
+        save(results)
 
     with services.s3_server(workdir) as endpoint, services.postgres_database() as pg_url:
         log(f"S3 server at {endpoint.endpoint}, Postgres database {pg_url.rsplit('/', 1)[-1]}")
@@ -195,21 +197,32 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="hp-bench-"))
     began = time.monotonic()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    described = machine.describe()
+    partial_path = json_path.with_name("benchmarks.partial.json")
+
+    def document_of(results: dict) -> dict:
+        document = {
+            "started_at": started_at,
+            "wall_seconds": time.monotonic() - began,
+            "smoke": args.smoke,
+            "options": {k: v for k, v in vars(args).items() if k != "out"},
+            "machine": described,
+            **results,
+        }
+        return document | {"targets": report.targets(document)}
+
+    def save(results: dict) -> None:
+        partial_path.parent.mkdir(parents=True, exist_ok=True)
+        partial_path.write_text(json.dumps(document_of(results), indent=2, default=str) + "\n")
+
     try:
-        results = measure(args, workdir)
+        results = measure(args, workdir, save)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    document = {
-        "started_at": started_at,
-        "wall_seconds": time.monotonic() - began,
-        "smoke": args.smoke,
-        "options": {k: v for k, v in vars(args).items() if k != "out"},
-        "machine": machine.describe(),
-        **results,
-    }
-    document["targets"] = report.targets(document)
+    document = document_of(results)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
+    partial_path.unlink(missing_ok=True)
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(report.render(document, json_path))
     log(f"wrote {json_path} and {md_path}")

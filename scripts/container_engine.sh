@@ -65,8 +65,10 @@ start_service() {
   if socket_answers; then say "Docker API answers at unix://$SOCKET"; else
     say "starting podman system service on unix://$SOCKET (log $SERVICE_LOG)"
     mkdir -p "$(dirname "$SOCKET")"
-    # Its own session, so it outlives this script and the shell that ran it.
-    setsid podman system service --time=0 "unix://$SOCKET" >>"$SERVICE_LOG" 2>&1 < /dev/null &
+    # Its own session, so it outlives this script and the shell that ran it; started in / because
+    # every conmon it forks inherits its working directory, and a checkout removed under it (a CI
+    # clone in /tmp) leaves each later container start failing ("Failed to get working directory").
+    (cd / && exec setsid podman system service --time=0 "unix://$SOCKET") >>"$SERVICE_LOG" 2>&1 < /dev/null &
     for _ in $(seq 1 60); do socket_answers && break; sleep 0.5; done
     socket_answers || { tail -n 20 "$SERVICE_LOG" >&2; die "podman's Docker API did not answer at $SOCKET"; }
     say "Docker API answers at unix://$SOCKET"
@@ -84,12 +86,13 @@ start_healthchecks() {
     say "healthcheck runner already running (pid $(cat "$HEALTH_PIDFILE"))"; return
   fi
   if [ -d /run/systemd/system ]; then say "systemd runs podman's healthchecks"; return; fi
-  setsid sh -c 'while :; do
+  # In /, as the service: it outlives the checkout that started it.
+  (cd / && exec setsid sh -c 'while :; do
       for c in $(podman ps -q --filter health=starting; podman ps -q --filter health=healthy; podman ps -q --filter health=unhealthy); do
         podman healthcheck run "$c" >/dev/null 2>&1 || true
       done
       sleep 3
-    done' >/dev/null 2>&1 < /dev/null &
+    done') >/dev/null 2>&1 < /dev/null &
   echo $! > "$HEALTH_PIDFILE"
   say "started the healthcheck runner (pid $!), as there is no systemd to run podman's healthchecks"
 }
