@@ -329,6 +329,7 @@ def test_no_cursor_is_an_empty_state():
         '{"version": 2}',
         '{"version": 2, "groups": {"k": {}}}',
         '{"version": 2, "groups": {"k": {"fingerprint": "a", "since": "2026-03-01T12:00:00", "requested": false}}}',
+        '{"version": 3, "groups": {"k": {"fingerprint": "a", "since": "2026-03-01T12:00:00+00:00"}}}',
         '{"version": 4, "groups": {}}',
         '{"version": 4, "groups": {}, "requested": {"k": {"fingerprint": "a"}}}',
         '{"version": 4, "groups": {}, "requested": {"k": "abc"}}',

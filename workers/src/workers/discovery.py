@@ -300,7 +300,7 @@ def load_cursor(text: str | None) -> Cursor:
         document = json.loads(text)
         if document["version"] not in READABLE_CURSOR_VERSIONS:
             raise ValueError(f"cursor version {document['version']!r} is not one of {READABLE_CURSOR_VERSIONS}")
-        groups = {key: sighting_from(entry) for key, entry in document["groups"].items()}
+        groups = {key: sighting_from(entry, document["version"]) for key, entry in document["groups"].items()}
         if document["version"] >= 4:
             groups.update({key: requested_from(version) for key, version in document["requested"].items()})
         position = document.get("events")
@@ -339,9 +339,11 @@ def requested_from(version: object) -> Sighting:
     return Sighting(fingerprint=version, since=None, requested=True)
 
 
-def sighting_from(entry: dict) -> Sighting:
+def sighting_from(entry: dict, version: int) -> Sighting:
+    """A `groups` entry: from version 4 on a pending group's; before, any group's, with its flag."""
     since = aware(datetime.fromisoformat(entry["since"]))
-    return Sighting(fingerprint=str(entry["fingerprint"]), since=since, requested=bool(entry.get("requested", False)))
+    requested = bool(entry["requested"]) if version < 4 else False
+    return Sighting(fingerprint=str(entry["fingerprint"]), since=since, requested=requested)
 
 
 def list_uploads(s3: S3Client, bucket: str, prefix: str) -> list[Upload]:
