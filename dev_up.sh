@@ -40,11 +40,14 @@ export AWS_ACCESS_KEY_ID="\$MINIO_ACCESS_KEY"
 export AWS_SECRET_ACCESS_KEY="\$MINIO_SECRET_KEY"
 export AWS_DEFAULT_REGION=us-east-1
 ENV
-# Intake and recovery tuning (README "Intake settings", "Recovery settings") is recorded only when set, so the defaults stay in one place.
+# Intake, events, recovery, retention and connection tuning (README's settings tables) is recorded
+# only when set, so the defaults stay in one place (workers/settings.py; a test keeps this list whole).
 for name in INBOX_PREFIX GROUP_BY_DEPTH MARKER_FILE QUIESCENCE_MINUTES ABANDONED_UPLOAD_HOURS RAW_PREFIX \
             STAGER_DELETE_INBOX CLASSIFIER_IMPL SENSOR_INTERVAL_SECONDS \
+            EVENTS_STREAM EVENTS_SUBJECT EVENTS_RETENTION_HOURS RECONCILE_MINUTES \
             INTAKE_STEP_RETRIES INTAKE_STEP_RETRY_DELAY_SECONDS INTAKE_RUN_RETRIES SWEEP_INTERVAL_SECONDS \
-            SWEEP_ROUNDS SWEEP_BACKOFF_SECONDS STAGING_GRACE_MINUTES STUCK_AFTER_MINUTES; do
+            SWEEP_ROUNDS SWEEP_BACKOFF_SECONDS STAGING_GRACE_MINUTES STUCK_AFTER_MINUTES \
+            RAW_RETENTION_MODE RAW_RETENTION_DAYS RAW_LEGAL_HOLD DB_CONNECT_ATTEMPTS DB_CONNECT_BACKOFF_SECONDS; do
   if [ -n "${!name:-}" ]; then printf 'export %s=%q\n' "$name" "${!name}" >> .local/dev.env; fi
 done
 chmod 600 .local/dev.env

@@ -17,7 +17,14 @@ from tests.events_services import stream_messages
 from tests.helpers import DROP
 from tests.services import REPO, DevUpProcess, fresh_copy
 from workers.events import parse_document
-from workers.settings import load_event_settings
+from workers.settings import (
+    DB_CONNECT_DEFAULTS,
+    EVENTS_DEFAULTS,
+    INTAKE_DEFAULTS,
+    RECOVERY_DEFAULTS,
+    RETENTION_DEFAULTS,
+    load_event_settings,
+)
 
 README = (REPO / "README.md").read_text()
 MATERIALIZE = "dagster asset materialize -m orchestrator.definitions --select bootstrap_heartbeat_asset"
@@ -78,6 +85,21 @@ def test_readme_documents_the_commands_this_test_runs():
         LIST_RAW,
     ):
         assert command in README
+
+
+def test_dev_env_records_every_tuning_setting_a_developer_sets():
+    """dev_up.sh writes each setting the workers and the sensor read into .local/dev.env when it
+    is set, so "in another shell" sees what dagster dev sees; a setting added to workers.settings
+    and not to dev_up.sh's list would be lost there."""
+    listed = re.search(r"^for name in (.*?); do$", (REPO / "dev_up.sh").read_text(), re.MULTILINE | re.DOTALL)
+    assert listed, "dev_up.sh's loop over the tuning settings"
+    recorded = set(listed.group(1).replace("\\\n", " ").split())
+    written_apart = {"DISCOVERY_MODE", "NATS_URL"}  # dev_up.sh chooses these and writes them itself
+    read = (
+        {*INTAKE_DEFAULTS, *EVENTS_DEFAULTS, *RECOVERY_DEFAULTS, *RETENTION_DEFAULTS, *DB_CONNECT_DEFAULTS}
+        - written_apart
+    ) | {"SENSOR_INTERVAL_SECONDS"}
+    assert recorded == read
 
 
 def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
