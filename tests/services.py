@@ -34,6 +34,8 @@ S3_KEYS = ("minioadmin", "minioadmin")
 # its filer on S3 port + 10005.
 INTERNAL_PORTS = range(10000, 10009)
 FILER_PORT_OFFSET = 10005
+# dev_up.sh starts its NATS server on the port after those (S3 port + 10009).
+NATS_PORT_OFFSET = 10009
 
 
 @dataclass(frozen=True)
@@ -72,10 +74,11 @@ def free_port_block(size: int = 1, lo: int = 20000, hi: int = 50000) -> int:
 
 
 def free_s3_port() -> int:
-    """A free port whose S3-server internal ports (+10000 .. +10008) are free too."""
+    """A free port whose S3-server internal ports (+10000 .. +10008) and dev_up.sh's NATS port
+    (+10009) are free too."""
     while True:
         port = free_port_block()
-        if all(port_is_free(port + offset) for offset in INTERNAL_PORTS):
+        if all(port_is_free(port + offset) for offset in (*INTERNAL_PORTS, NATS_PORT_OFFSET)):
             return port
 
 

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from tests.events_services import stream_messages
 from tests.helpers import DROP
-from tests.services import REPO, DevUpProcess, fresh_copy
+from tests.services import NATS_PORT_OFFSET, REPO, DevUpProcess, fresh_copy
 from workers.events import parse_document
 from workers.settings import (
     DB_CONNECT_DEFAULTS,
@@ -171,7 +171,7 @@ def test_fresh_copy_comes_up_materializes_and_stops_on_ctrl_c(dev_up):
 
 def nats_port(dev_up: DevUpProcess) -> int:
     """dev_up.sh's NATS: the port after its S3 server's internals."""
-    return dev_up.s3_port + 10009
+    return dev_up.s3_port + NATS_PORT_OFFSET
 
 
 def assert_the_drop_reached_the_event_stream(dev_up: DevUpProcess) -> None:
