@@ -253,7 +253,6 @@ def discovery_mode(copy: Path) -> str:
 def listing_singles(where: Path, singles: int, sensor_interval: int, log) -> list[dict]:
     """Single drops again, with the sensor listing the inbox (DISCOVERY_MODE=listing), through
     dev_up in a fresh copy at `where`."""
-    where.mkdir()
     copy = fresh_copy(where)
     link_venv(copy)
     platform = DevUp(copy, sensor_interval=sensor_interval)
