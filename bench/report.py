@@ -1,4 +1,4 @@
-"""The targets of issue 6, judged on a run's results, and the Markdown page rendered from them."""
+"""The targets of issues 6 and 15, judged on a run's results, and the Markdown page rendered from them."""
 
 from __future__ import annotations
 
@@ -282,7 +282,7 @@ def machine_section(m: dict) -> list[str]:
 
 def targets_section(rows: list[dict]) -> list[str]:
     body = [[t["target"], t["goal"], t["measured"], ("met" if t["met"] else "**missed**"), t["caveat"]] for t in rows]
-    return ["## Targets (issue 6)", "", *table(["target", "goal", "measured", "verdict", "note"], body)]
+    return ["## Targets (issues 6 and 15)", "", *table(["target", "goal", "measured", "verdict", "note"], body)]
 
 
 def skipped(title: str, part: dict) -> list[str]:

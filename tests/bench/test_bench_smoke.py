@@ -69,7 +69,7 @@ def test_launch_reports_the_pipes_launch_and_the_bare_worker(smoke):
 
 def test_the_markdown_has_the_machine_and_the_targets(smoke):
     document, markdown = smoke
-    assert "## Machine" in markdown and "## Targets (issue 6)" in markdown
+    assert "## Machine" in markdown and "## Targets (issues 6 and 15)" in markdown
     assert all(target["target"] in markdown for target in document["targets"])
     assert document["machine"]["cpus"] > 0
 
