@@ -216,7 +216,7 @@ def run(workdir: Path, drops: int, singles: int, sensor_interval: int, log) -> d
         log(f"end to end: the three workers as bare processes: {statistics.median(floors):.1f} s")
         mode = discovery_mode(copy)
     finally:
-        platform.stop()
+        platform.kill_leftovers()  # stop(), then whatever dev_up left running in the copy
     listing_rows = listing_singles(workdir / "repo-listing", singles, sensor_interval, log) if mode == "events" else []
     return {
         "sensor_interval_seconds": sensor_interval,
@@ -267,5 +267,5 @@ def listing_singles(where: Path, singles: int, sensor_interval: int, log) -> lis
             rows += run_breakdown(platform, {key: marker_at}, staged)
             log(f"end to end, listing mode: single drop {i + 1}: {rows[-1]['latency_seconds']:.1f} s marker to staged")
     finally:
-        platform.stop()
+        platform.kill_leftovers()  # stop(), then whatever dev_up left running in the copy
     return rows
