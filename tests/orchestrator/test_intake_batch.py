@@ -2,23 +2,29 @@
 in process, with real worker processes, the suite's SeaweedFS and a migrated metadata DB."""
 
 import random
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from orchestrator.defs.intake import batches
+from orchestrator.defs.intake import batches, sweeper
 from orchestrator.defs.intake.jobs import (
+    DONE_TAG,
     DROP_TAG,
     GROUP_TAG,
+    SWEEP_TAG,
+    per_group,
     register_submission_from_group_job,
     register_submissions_from_groups_job,
     stage_submission_job,
 )
 from orchestrator.defs.resources import WorkerLauncher
 from tests.helpers import drop_files
+from workers.db import make_engine
 from workers.discovery import CompleteGroup
 from workers.inbox import Group, group_id
+from workers.settings import load_recovery_settings
 
 
 def complete(grouping_key: str, content: str = "v1", method: str = "MARKER_FILE") -> CompleteGroup:
@@ -248,3 +254,48 @@ def test_each_drop_of_a_batch_run_can_be_asked_for_again_alone(batch_runs):
     assert drops == {c.run_key.replace("@", "_"): group_id(c.group.grouping_key) for c in completes}
     assert batches.drops_of(alone.tags) == {alone.tags[DROP_TAG]: alone.tags[GROUP_TAG]}
     assert (run_config, tags) == (alone.run_config, alone.tags)
+
+
+@pytest.mark.dagster_runs
+def test_the_sweeper_asks_again_for_the_failed_group_of_a_batch_run_alone_and_not_for_the_others(
+    synced_layouts, s3_server, monkeypatch
+):
+    """A batch run that failed on one group: intake_sweeper asks for that group's drop with the
+    single-group job, as the sensor would have asked for it alone; the groups the run ended well
+    (tagged done as each ended) have converged."""
+    monkeypatch.setenv("INTAKE_STEP_RETRIES", "0")
+    good = keys(2)
+    bad = "inbox/acme/unknown/"  # a group key without a drop: the classifier refuses it
+    for i, key in enumerate(good):
+        drop_files(s3_server.client(), synced_layouts.bucket, key, {"medical_claims.csv": f"m,a\n{i},5\n".encode()})
+    completes = [complete(good[0]), complete(bad), complete(good[1])]
+    request = batches.batch_request(completes)
+    instance = dg.DagsterInstance.ephemeral()
+    result = register_submissions_from_groups_job.execute_in_process(
+        run_config=request.run_config,
+        tags=request.tags,
+        resources={"launcher": WorkerLauncher()},
+        raise_on_error=False,
+        instance=instance,
+    )
+    assert not result.success
+    tags = instance.get_run_by_id(result.run_id).tags
+    assert {k for k in tags if k.startswith(DONE_TAG)} == {per_group(DONE_TAG, group_id(k)) for k in good}
+
+    engine = make_engine(synced_layouts.metadata_db_url)
+    later = datetime.now(UTC) + timedelta(hours=1)  # past Dagster's retry window and the first back-off
+    verdicts = sweeper.sweep(instance, engine, later, load_recovery_settings())
+    engine.dispose()
+
+    by_drop = {v.recovery.subject: v for v in verdicts}
+    drop = {key: c.run_key.replace("@", "_") for key, c in zip([good[0], bad, good[1]], completes, strict=True)}
+    assert by_drop.keys() == set(drop.values())
+    assert [by_drop[drop[k]].recovery.state for k in good] == ["converged", "converged"]
+    assert [by_drop[drop[k]].ask for k in good] == [None, None]
+    ask = by_drop[drop[bad]].ask
+    alone = batches.single_request(completes[1])
+    assert (ask.job, ask.run_key) == (register_submission_from_group_job.name, f"{drop[bad]}~sweep-1")
+    assert ask.run_config == alone.run_config
+    assert ask.tags == {**alone.tags, SWEEP_TAG: "1"}
+    assert by_drop[drop[bad]].recovery.group_id == group_id(bad)
+    assert f"group {group_id(bad)}: classifier worker failed" in by_drop[drop[bad]].recovery.last_error

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator.definitions import defs
-from orchestrator.defs.intake import assets, checks, jobs
+from orchestrator.defs.intake import assets, batches, checks, jobs
 from orchestrator.defs.intake.sweeper import (
     CHECK_NAME,
     RunInfo,
@@ -17,11 +17,13 @@ from orchestrator.defs.intake.sweeper import (
     last_error,
     registration_verdict,
     run_infos,
+    seen_by,
     staging_verdict,
 )
 from orchestrator.defs.resources import WorkerLauncher
 from workers.db import Submission, make_engine
-from workers.inbox import group_id
+from workers.discovery import CompleteGroup
+from workers.inbox import Group, group_id
 from workers.recovery import Unstaged, stuck_drops
 from workers.settings import load_recovery_settings
 
@@ -206,3 +208,27 @@ def test_the_check_run_from_the_ui_passes_with_nothing_stuck_and_fails_naming_a_
     assert evaluation.metadata["stuck_drops"].value == 1
     shown = str(evaluation.metadata["stuck"].value)
     assert "sub-old" in shown and group_id(GROUP) in shown and GROUP not in shown
+
+
+def batch_run(status: str, minutes_ago: float, *done: str) -> RunInfo:
+    """A batch run of GROUP and another group, as the sensor asks for it, with `done` groups tagged."""
+    groups = [GROUP, "inbox/acme/unknown/drop-002/"]
+    completes = [CompleteGroup(Group(key, "acme", "unknown"), "MARKER_FILE", "0123456789abcdef", 1) for key in groups]
+    request = batches.batch_request(completes)
+    tags = {**request.tags, **{jobs.per_group(jobs.DONE_TAG, group_id(key)): "true" for key in done}}
+    created = NOW - timedelta(minutes=minutes_ago)
+    ended = created + timedelta(seconds=30) if status in ("SUCCESS", "FAILURE", "CANCELED") else None
+    job = jobs.register_submissions_from_groups_job.name
+    return RunInfo("b", job, status, created, ended, tags, request.run_config)
+
+
+def test_a_batch_run_counts_for_each_of_its_drops_as_that_drops_own_run():
+    alone = seen_by(batch_run("FAILURE", 5), group_id(GROUP))
+    assert alone.tags[jobs.DROP_TAG] == DROP and alone.run_config == CONFIG and alone.status == "FAILURE"
+    assert registration_verdict(DROP, [alone], [alone], NOW, SETTINGS).ask.run_config == CONFIG
+
+    done_here = seen_by(batch_run("FAILURE", 5, GROUP), group_id(GROUP))
+    assert registration_verdict(DROP, [done_here], [], NOW, SETTINGS).recovery.state == "converged"
+
+    going = seen_by(batch_run("STARTED", 1), group_id(GROUP))
+    assert registration_verdict(DROP, [run("FAILURE", 10)], [going], NOW, SETTINGS) is None

@@ -10,7 +10,10 @@ same groups can come back in another composition and run again, which registers 
 the classifier and registrar find the content registered and the stager resumes or finds it done.
 
 Tags. Each group of a batch is a tag `health-intake/drop.<group id>` whose value is the drop's tag,
-so a drop's runs are found by tag in a batch as in a single-group run (RunsFilter on that pair).
+and a tag `health-intake/group.<group id>` whose value is the group id, so a drop's runs and a
+group's runs are found by tag in a batch as in a single-group run (RunsFilter on that pair). As each
+group ends well the run gets `health-intake/done.<group id>`: intake_sweeper takes a failed batch
+run's other groups up one by one, each with the single-group job (single_group_run).
 """
 
 import hashlib
@@ -26,12 +29,12 @@ from workers.inbox import group_id
 # At ~2.5 s of workers per drop a batch of 25 takes about a minute: a later tick's groups wait no
 # longer than that for a free run slot, and a run retry repeats at most that.
 BATCH_SIZE = 25
-# Off until intake_sweeper can tell a batch run apart (issue 15, measured 2026-12-06: ~1.9x the
-# drops per hour of one run each): it finds a failed drop by its run's health-intake/drop tag,
-# which a batch run has per group (drops_of, single_group_run below are what it needs). The other
-# blocker found then, dev-mode run monitoring failing any run older than ~45 s (the proxy code
-# server `dagster dev` starts answers GetCurrentRuns UNIMPLEMENTED), is fixed in
-# dagster_internals.holds_run. Until then: one run per group.
+# Off for now (issue 15, measured 2026-12-06: ~1.9x the drops per hour of one run each).
+# intake_sweeper now takes up the drops of a failed batch run (its seen_by, tested on a real failed
+# batch run); what is still missing before this is switched on is the reliability suite's kills and
+# outages run with batch runs, and the benchmark's burst measured with them. The other blocker found
+# on 2026-12-06, dev-mode run monitoring failing any run older than ~45 s (the proxy code server
+# `dagster dev` starts answers GetCurrentRuns UNIMPLEMENTED), is fixed in dagster_internals.holds_run.
 BATCH_RUNS = False
 BATCH_TAG = "health-intake/batch"
 SUBMITTER_TAG = "health-intake/submitter"
@@ -67,7 +70,11 @@ def single_request(complete: CompleteGroup) -> dg.RunRequest:
 def batch_request(completes: list[CompleteGroup]) -> dg.RunRequest:
     groups = [{"grouping_key": c.group.grouping_key, "grouping_method": c.method} for c in completes]
     key = batch_key(completes)
-    tags = {BATCH_TAG: key, **{drop_tag_key(c): jobs.drop_tag(c.run_key) for c in completes}}
+    tags = {BATCH_TAG: key}
+    for c in completes:
+        group = group_id(c.group.grouping_key)
+        tags[jobs.per_group(jobs.DROP_TAG, group)] = jobs.drop_tag(c.run_key)
+        tags[jobs.per_group(jobs.GROUP_TAG, group)] = group
     for name, values in (
         (SUBMITTER_TAG, {c.group.submitter_id for c in completes}),
         (METHOD_TAG, {c.method for c in completes}),
@@ -88,10 +95,6 @@ def batch_key(completes: list[CompleteGroup]) -> str:
     return f"batch-{len(completes)}-{digest}"
 
 
-def drop_tag_key(complete: CompleteGroup) -> str:
-    return f"{jobs.DROP_TAG}.{group_id(complete.group.grouping_key)}"
-
-
 # --- what intake_sweeper needs to take up a drop of a failed batch run -----------------------------
 
 
@@ -99,7 +102,7 @@ def drops_of(tags: Mapping[str, str]) -> dict[str, str]:
     """A registration run's drops, drop tag -> group id: a single-group run's one, or a batch's."""
     if jobs.DROP_TAG in tags:
         return {tags[jobs.DROP_TAG]: tags.get(jobs.GROUP_TAG, "")}
-    prefix = jobs.DROP_TAG + "."
+    prefix = jobs.per_group(jobs.DROP_TAG, "")
     return {value: key.removeprefix(prefix) for key, value in tags.items() if key.startswith(prefix)}
 
 
@@ -109,5 +112,5 @@ def single_group_run(tags: Mapping[str, str], run_config: Mapping, group: str) -
     groups = run_config["ops"]["register_submissions_from_groups"]["config"]["groups"]
     config = next(g for g in groups if group_id(g["grouping_key"]) == group)
     kept = {k: v for k, v in tags.items() if k in (SUBMITTER_TAG, METHOD_TAG)}
-    single_tags = {**kept, jobs.GROUP_TAG: group, jobs.DROP_TAG: tags[f"{jobs.DROP_TAG}.{group}"]}
+    single_tags = {**kept, jobs.GROUP_TAG: group, jobs.DROP_TAG: tags[jobs.per_group(jobs.DROP_TAG, group)]}
     return {"ops": {"register_submission_from_group": {"config": dict(config)}}}, single_tags

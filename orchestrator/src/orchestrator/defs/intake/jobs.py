@@ -31,10 +31,19 @@ GROUP_TAG = "health-intake/group"
 DROP_TAG = "health-intake/drop"
 SUBMISSION_TAG = "health-intake/submission"
 SWEEP_TAG = "health-intake/sweep"
+# A batch run's tags for each of its groups are <tag>.<group id> (per_group): its drop, its group,
+# and once the group has ended well in the run, DONE_TAG, so intake_sweeper asks again only for
+# the groups a failed batch run did not finish.
+DONE_TAG = "health-intake/done"
 RECOVERY = load_recovery_settings()
 # A failed run (its process lost included) is run again by Dagster (instance run_retries), whole:
 # the classifier and registrar find what is registered already and the stager resumes.
 RUN_RETRY_TAGS = {"dagster/max_retries": str(RECOVERY.run_retries), "dagster/retry_strategy": "ALL_STEPS"}
+
+
+def per_group(tag: str, group: str) -> str:
+    """A batch run's `tag` for one of its groups (by group id)."""
+    return f"{tag}.{group}"
 
 
 def drop_tag(run_key: str) -> str:
@@ -173,10 +182,22 @@ def register_groups(context: dg.OpExecutionContext, groups: list[GroupConfig], l
             time.sleep(wait)
         for group in pending:
             outcomes[group.grouping_key] = group_outcome(context, group, launcher)
+            if outcomes[group.grouping_key]["status"] != FAILED_GROUP:
+                mark_done(context, outcomes[group.grouping_key]["group_id"])
         pending = [g for g in pending if outcomes[g.grouping_key]["status"] == FAILED_GROUP]
         if not pending:
             break
     return [outcomes[g.grouping_key] for g in groups]
+
+
+def mark_done(context: dg.OpExecutionContext, group: str) -> None:
+    """Tags the run with the group's DONE_TAG as soon as it has ended well, so a batch run that fails
+    later (another group, a lost process) is not asked for again for this group. Without the tag the
+    sweeper asks for the group again, which registers nothing twice: a warning, not a failure."""
+    try:
+        context.instance.add_run_tags(context.run_id, {per_group(DONE_TAG, group): "true"})
+    except Exception as exc:  # the run storage; the group's own outcome stands
+        context.log.warning(f"group {group}: could not tag the run as done ({type(exc).__name__})")
 
 
 def group_outcome(context: dg.OpExecutionContext, group: GroupConfig, launcher: WorkerLauncher) -> dict:

@@ -13,7 +13,10 @@ a few minutes. What is left is taken up here, every SWEEP_INTERVAL_SECONDS:
   error, an observation of the inbox asset shows it, and the `no_stuck_drops` check fails.
 
 A later success of any run of the group (an operator's re-execution included) marks the drop
-converged. Runs are read from the instance; decisions are the pure functions below.
+converged. A batch run (orchestrator.defs.intake.batches) counts for each of its drops as if it had
+been that drop's own run (seen_by): a success for the groups it ended well, and for the others a
+failure that is asked for again with the single-group job. Runs are read from the instance;
+decisions are the pure functions below.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import dagster as dg
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
 from sqlalchemy.exc import SQLAlchemyError
 
-from orchestrator.defs.intake import assets, jobs
+from orchestrator.defs.intake import assets, batches, jobs
 from workers.db import metadata_engine
 from workers.recovery import (
     CONVERGED,
@@ -240,18 +243,22 @@ def sweep(instance: dg.DagsterInstance, engine, now: datetime, settings: Recover
         if now - item.registered_at < grace:
             continue  # its run, or Dagster's retries of it, may still stage it
         stage_runs = runs(instance, {jobs.SUBMISSION_TAG: item.submission_id})
-        group_runs = runs(instance, {jobs.GROUP_TAG: item.group_id}, since=now - RETRY_PENDING)
+        group_runs = runs_of_group(instance, item.group_id, since=now - RETRY_PENDING)
         verdict = staging_verdict(item, stage_runs, group_runs, now, settings, last_error(instance, stage_runs))
         if verdict:
             verdicts.append(verdict)
-    drops = {r.tags[jobs.DROP_TAG] for r in failed_runs(instance, now - LOOKBACK) if jobs.DROP_TAG in r.tags}
-    drops |= {subject for subject, row in open_rows.items() if row.kind == REGISTRATION}
-    for drop in sorted(drops):
-        drop_runs = runs(instance, {jobs.DROP_TAG: drop})
-        group = drop_runs[0].tags.get(jobs.GROUP_TAG, "") if drop_runs else ""
+    drops: dict[str, str] = {}  # drop -> its group's id
+    for failed in failed_runs(instance, now - LOOKBACK):
+        drops.update(batches.drops_of(failed.tags))
+    for subject, row in open_rows.items():
+        if row.kind == REGISTRATION:
+            drops.setdefault(subject, row.group_id)
+    for drop, known_group in sorted(drops.items()):
+        drop_runs = runs_of_drop(instance, drop, known_group)
+        group = known_group or (drop_runs[0].tags.get(jobs.GROUP_TAG, "") if drop_runs else "")
         if not drop_runs or group in staging_groups:
             continue
-        group_runs = runs(instance, {jobs.GROUP_TAG: group})
+        group_runs = runs_of_group(instance, group)
         verdict = registration_verdict(drop, drop_runs, group_runs, now, settings, last_error(instance, drop_runs))
         if verdict:
             verdicts.append(verdict)
@@ -266,6 +273,31 @@ def runs(instance: dg.DagsterInstance, tags: dict[str, str], since: datetime | N
     recent = dg.RunsFilter(tags=tags, updated_after=since)
     found = {r.dagster_run.run_id: r for f in (active, recent) for r in instance.get_run_records(filters=f)}
     return run_infos(found.values())
+
+
+def runs_of_drop(instance: dg.DagsterInstance, drop: str, group: str) -> list[RunInfo]:
+    """The drop's runs: its single-group runs, and the batch runs it was in, each as seen by the drop."""
+    found = runs(instance, {jobs.DROP_TAG: drop})
+    if group:
+        found += [seen_by(r, group) for r in runs(instance, {jobs.per_group(jobs.DROP_TAG, group): drop})]
+    return found
+
+
+def runs_of_group(instance: dg.DagsterInstance, group: str, since: datetime | None = None) -> list[RunInfo]:
+    """The group's runs (any content): single-group runs, and batch runs as seen by the group."""
+    found = runs(instance, {jobs.GROUP_TAG: group}, since)
+    batched = runs(instance, {jobs.per_group(jobs.GROUP_TAG, group): group}, since)
+    return found + [seen_by(r, group) for r in batched]
+
+
+def seen_by(run: RunInfo, group: str) -> RunInfo:
+    """A batch run as one of its groups sees it: the single-group job's config and tags for that
+    group (what the sweeper would ask for again), and a success once the group ended well in it,
+    whatever became of the run's other groups."""
+    run_config, tags = batches.single_group_run(run.tags, run.run_config, group)
+    others = {k: v for k, v in run.tags.items() if not k.startswith("health-intake/")}  # dagster/ retry tags
+    done = run.tags.get(jobs.per_group(jobs.DONE_TAG, group)) == "true"
+    return replace(run, status="SUCCESS" if done else run.status, tags={**others, **tags}, run_config=run_config)
 
 
 def failed_runs(instance: dg.DagsterInstance, since: datetime) -> list[RunInfo]:
