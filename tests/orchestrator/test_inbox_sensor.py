@@ -22,7 +22,11 @@ from dagster._daemon.sensor import execute_sensor_iteration
 
 from orchestrator.definitions import defs
 from orchestrator.defs.intake import sensors
-from orchestrator.defs.intake.sensors import inbox_discovery_sensor, sensor_interval_seconds
+from orchestrator.defs.intake.sensors import (
+    inbox_discovery_sensor,
+    minimum_interval_seconds,
+    sensor_interval_seconds,
+)
 from tests.events_services import events_environment, running_bridge, stream_messages
 from tests.orchestrator.conftest import Clock
 from tests.services import free_port_block, migrate, platform_environment
@@ -188,12 +192,17 @@ def test_the_sensor_is_in_the_definitions_and_runs_by_default():
         "register_submission_from_group_job",
         "register_submissions_from_groups_job",
     ]
-    assert sensor.minimum_interval_seconds == sensor_interval_seconds()
+    assert sensor.minimum_interval_seconds == minimum_interval_seconds(sensor_interval_seconds())
 
 
 def test_the_inbox_is_an_asset_of_the_intake_group():
     (spec,) = [spec for spec in defs.resolve_all_asset_specs() if spec.key == dg.AssetKey("inbox")]
     assert spec.group_name == "intake"
+
+
+def test_the_minimum_interval_leaves_the_daemon_a_second_so_ticks_come_every_interval():
+    """Dagster's daemon loops every 5 s; a minimum of exactly the interval skipped every other loop."""
+    assert [minimum_interval_seconds(n) for n in (1, 2, 5, 30)] == [1, 1, 4, 29]
 
 
 def test_the_interval_comes_from_sensor_interval_seconds():
