@@ -100,7 +100,26 @@ show_containers() {
     --format '{{.Names}}\t{{.Status}}' >&2
 }
 
-if ! "${COMPOSE[@]}" up -d; then
+# Podman before 4.4 (Debian 12 has 4.3.1) can fail a container's start with "read /proc/N/cgroup:
+# no such process" when a short-lived process exits while podman reads its cgroup (podman#16383,
+# fixed by podman#16504). `up` converges whatever is left, so that failure, and only that one, gets
+# a second `up`; any other failure is reported as it is.
+ENGINE_RACE='read /proc/[0-9]+/cgroup: no such process'
+compose_up() {
+  local errors status
+  errors=$(mktemp)
+  { "${COMPOSE[@]}" up -d 2>&1 1>&3 | tee "$errors" >&2; } 3>&1
+  status=${PIPESTATUS[0]}
+  if [ "$status" != 0 ] && grep -Eq "$ENGINE_RACE" "$errors"; then
+    say "the container engine lost a race reading a process's cgroup (a known podman 4.3 bug); running up again"
+    "${COMPOSE[@]}" up -d
+    status=$?
+  fi
+  rm -f "$errors"
+  return "$status"
+}
+
+if ! compose_up; then
   if ! report_failed_steps; then
     report_unhealthy_services
     show_containers
