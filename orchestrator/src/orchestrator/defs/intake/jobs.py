@@ -181,9 +181,9 @@ def register_groups(context: dg.OpExecutionContext, groups: list[GroupConfig], l
             )
             time.sleep(wait)
         for group in pending:
-            outcomes[group.grouping_key] = group_outcome(context, group, launcher)
-            if outcomes[group.grouping_key]["status"] != FAILED_GROUP:
-                mark_done(context, outcomes[group.grouping_key]["group_id"])
+            outcome = outcomes[group.grouping_key] = group_outcome(context, group, launcher)
+            if outcome["status"] != FAILED_GROUP:
+                mark_done(context, outcome["group_id"])
         pending = [g for g in pending if outcomes[g.grouping_key]["status"] == FAILED_GROUP]
         if not pending:
             break
